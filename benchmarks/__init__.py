@@ -1,0 +1,1 @@
+"""Speed and memory measurements. Each benchmark writes JSON to benchmarks/results/ (git-ignored)."""

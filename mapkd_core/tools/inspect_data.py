@@ -1,0 +1,142 @@
+"""``mapkd-inspect-data``: run the data layer on a dataroot and print what it found (and draw it).
+
+For each sample of the split: cameras and image sizes, LiDAR points after sweep merging and filtering, map ground
+truth elements and raster pixels per class, SD-prior road coverage; and a picture per sample with the six cameras
+(LiDAR points projected on them) beside the BEV ground truth over the SD prior. Default: the bundled real keyframe.
+
+This is what ``make demo`` runs until the full demo (node + bag replay, issue 9) exists. It shows data, never model
+output.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..config import DataConfig, load_config
+from ..constants import CLASS_NAMES
+from ..errors import MapkdError
+from ..geometry import project_points
+from ..paths import config_path
+
+#: BGR colours per class for pictures (background unused)
+CLASS_COLOURS = {1: (60, 60, 255), 2: (60, 220, 60), 3: (255, 140, 40)}
+
+
+def bev_picture(semantic: np.ndarray, sd_prior: np.ndarray | None, scale: int = 2) -> np.ndarray:
+    """BEV raster as a BGR picture, forward (+x) to the right and left (+y) up, SD roads in dark grey."""
+    h, w = semantic.shape[1:]
+    img = np.full((h, w, 3), 255, np.uint8)
+    if sd_prior is not None:
+        img[sd_prior[0] > 0] = (200, 200, 200)
+    for c, col in CLASS_COLOURS.items():
+        img[semantic[c] > 0] = col
+    img = img[::-1]  # row 0 is y = ymin (right side): flip so that left is up
+    img = cv2.resize(img, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
+    cx, cy = w * scale // 2, h * scale // 2
+    cv2.arrowedLine(img, (cx - 10, cy), (cx + 14, cy), (0, 0, 0), 2, tipLength=0.4)  # the ego, facing +x
+    return img
+
+
+def camera_mosaic(dataset, frame, lidar: np.ndarray | None, tile_w: int = 400) -> np.ndarray:
+    imgs, ks = dataset.images(frame)
+    tiles = []
+    for img, k, cam in zip(imgs, ks, frame.cameras):
+        tile = cv2.cvtColor(img, cv2.COLOR_RGB2BGR).copy()
+        if lidar is not None and len(lidar):
+            uv, depth = project_points(lidar[:, :3], k, cam.cam_to_ego)
+            ok = (depth > 1) & (uv[:, 0] >= 0) & (uv[:, 0] < tile.shape[1]) & (uv[:, 1] >= 0) & (uv[:, 1] < tile.shape[0])
+            for (u, v), d in zip(uv[ok].astype(int), depth[ok]):
+                col = cv2.applyColorMap(np.uint8([[min(255, d * 6)]]), cv2.COLORMAP_JET)[0, 0].tolist()
+                cv2.circle(tile, (int(u), int(v)), 1, col, -1)
+        tile = cv2.resize(tile, (tile_w, int(tile_w * tile.shape[0] / tile.shape[1])))
+        cv2.putText(tile, cam.channel, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    rows = [np.hstack(tiles[i:i + 3]) for i in range(0, len(tiles), 3)]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    return np.vstack(rows)
+
+
+def inspect(cfg: DataConfig, split: str | None, out_dir: Path | None, limit: int) -> int:
+    from ..data.dataset import MapDataset
+    from ..data.lidar import load_lidar
+
+    t0 = time.perf_counter()
+    ds = MapDataset(cfg, split=split)
+    print(f'dataroot  {ds.dataroot}')
+    print(f'version   {cfg.dataset.version}   split {split or cfg.dataset.split}')
+    scenes = sorted({f.scene_name for f in ds.frames})
+    print(f'found     {len(ds)} keyframe(s) in {len(scenes)} scene(s): {", ".join(scenes[:8])}'
+          f'{" ..." if len(scenes) > 8 else ""}   (index built in {time.perf_counter() - t0:.1f} s)')
+    print(f'grid      {cfg.grid.H} x {cfg.grid.W} cells (x {cfg.grid.xbound}, y {cfg.grid.ybound})   '
+          f'images {cfg.image.height} x {cfg.image.width}')
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(ds.frames[:limit]):
+        t = time.perf_counter()
+        item = ds[i]
+        dt = time.perf_counter() - t
+        print(f'\nsample    {frame.token}  scene {frame.scene_name}  city {frame.city}  '
+              f't={frame.timestamp}  ({dt * 1e3:.0f} ms to load)')
+        x, y = frame.ego_to_global[:2, 3]
+        print(f'ego pose  x={x:.1f} m  y={y:.1f} m  yaw={np.degrees(np.arctan2(frame.ego_to_global[1, 0], frame.ego_to_global[0, 0])):.1f} deg')
+        for cam in frame.cameras:
+            print(f'  {cam.channel:<16} {cam.width}x{cam.height}  f={cam.intrinsic[0, 0]:.0f} px  '
+                  f'at ({cam.cam_to_ego[0, 3]:+.2f}, {cam.cam_to_ego[1, 3]:+.2f}, {cam.cam_to_ego[2, 3]:+.2f}) m')
+        lidar = None
+        if cfg.dataset.load_lidar:
+            lidar = load_lidar(frame, cfg.dataset.lidar_min_distance, cfg.dataset.lidar_sweeps)
+            print(f'  LiDAR   {len(frame.lidar)} sweep(s), {len(lidar)} points after removing those within '
+                  f'{cfg.dataset.lidar_min_distance} m ({int(item["lidar_mask"].sum())} kept of '
+                  f'{cfg.dataset.max_lidar_points} slots)')
+        if 'semantic' in item:
+            vecs = ds._map_gt.vectors(frame.city, frame.ego_to_global)
+            sem = item['semantic'].numpy()
+            for c in range(1, len(CLASS_NAMES)):
+                n = sum(v.cls == c for v in vecs)
+                length = sum(v.length for v in vecs if v.cls == c)
+                print(f'  map GT  {CLASS_NAMES[c]:<13} {n:3d} polylines, {length:6.1f} m, {int(sem[c].sum()):6d} px')
+        sd = None
+        if 'sd_prior' in item:
+            sd = item['sd_prior'].numpy()
+            print(f'  SD map  OSM roads cover {100.0 * float((sd > 0).mean()):.1f} % of the grid')
+        if out_dir:
+            mosaic = camera_mosaic(ds, frame, lidar)
+            bev = bev_picture(item['semantic'].numpy(), sd) if 'semantic' in item else None
+            if bev is not None:
+                bev = cv2.resize(bev, (mosaic.shape[1], int(bev.shape[0] * mosaic.shape[1] / bev.shape[1])),
+                                 interpolation=cv2.INTER_NEAREST)
+                mosaic = np.vstack([mosaic, bev])
+            path = out_dir / f'{i:03d}_{frame.token}.png'
+            cv2.imwrite(str(path), mosaic)
+            print(f'  picture {path}')
+    return 0
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    p = argparse.ArgumentParser(prog='mapkd-inspect-data', description=__doc__.split('\n')[0])
+    p.add_argument('--config', default=None, help='data config YAML (default: config/data/bundled.yaml)')
+    p.add_argument('--dataroot', default=None, help='override dataset.dataroot')
+    p.add_argument('--version', default=None, help='override dataset.version')
+    p.add_argument('--split', default=None, help='override dataset.split')
+    p.add_argument('--limit', type=int, default=3, help='samples to print and draw (default 3)')
+    p.add_argument('--out', default='outputs/inspect', help='folder for pictures ("" for none)')
+    args = p.parse_args(argv)
+    overrides = {'dataset': {k: v for k, v in (('dataroot', args.dataroot), ('version', args.version)) if v}}
+    try:
+        cfg = load_config(args.config or config_path('data/bundled.yaml'), overrides=overrides)
+        return inspect(cfg, args.split, Path(args.out) if args.out else None, args.limit)
+    except MapkdError as exc:
+        print(f'mapkd-inspect-data: error: {exc}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())
