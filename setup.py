@@ -42,6 +42,7 @@ setup(
     entry_points={
         'console_scripts': [
             'mapkd-inspect-data = mapkd_core.tools.inspect_data:main',
+            'mapkd-synth = mapkd_core.data.synth.generate:main',
         ],
     },
 )

@@ -43,18 +43,26 @@ def bev_picture(semantic: np.ndarray, sd_prior: np.ndarray | None, scale: int = 
     return img
 
 
-def camera_mosaic(dataset, frame, lidar: np.ndarray | None, tile_w: int = 400) -> np.ndarray:
-    imgs, ks = dataset.images(frame)
+def camera_mosaic(frame, lidar: np.ndarray | None, tile_w: int = 400) -> np.ndarray:
+    """The six cameras at ``tile_w`` px wide, LiDAR points (coloured by depth) blended over them, 3 per row."""
+    from ..data.images import load_camera
+
     tiles = []
-    for img, k, cam in zip(imgs, ks, frame.cameras):
-        tile = cv2.cvtColor(img, cv2.COLOR_RGB2BGR).copy()
+    for cam in frame.cameras:
+        original = (cam.height, cam.width) if cam.height and cam.width else None
+        aspect = (cam.height / cam.width) if original else 9 / 16
+        hw = (int(round(tile_w * aspect)), tile_w)
+        img, k = load_camera(cam.path, cam.intrinsic, original, hw)
+        tile = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
         if lidar is not None and len(lidar):
-            uv, depth = project_points(lidar[:, :3], k, cam.cam_to_ego)
-            ok = (depth > 1) & (uv[:, 0] >= 0) & (uv[:, 0] < tile.shape[1]) & (uv[:, 1] >= 0) & (uv[:, 1] < tile.shape[0])
-            for (u, v), d in zip(uv[ok].astype(int), depth[ok]):
-                col = cv2.applyColorMap(np.uint8([[min(255, d * 6)]]), cv2.COLORMAP_JET)[0, 0].tolist()
-                cv2.circle(tile, (int(u), int(v)), 1, col, -1)
-        tile = cv2.resize(tile, (tile_w, int(tile_w * tile.shape[0] / tile.shape[1])))
+            overlay = tile.copy()
+            uv, depth = project_points(lidar[::2, :3], k, cam.cam_to_ego)
+            ok = (depth > 1) & (uv[:, 0] >= 0) & (uv[:, 0] < hw[1]) & (uv[:, 1] >= 0) & (uv[:, 1] < hw[0])
+            colours = cv2.applyColorMap(np.clip(depth[ok] * 5, 0, 255).astype(np.uint8)[:, None],
+                                        cv2.COLORMAP_JET)[:, 0]
+            for (u, v), col in zip(uv[ok].astype(int), colours):
+                cv2.circle(overlay, (int(u), int(v)), 1, col.tolist(), -1)
+            tile = cv2.addWeighted(overlay, 0.6, tile, 0.4, 0)
         cv2.putText(tile, cam.channel, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         tiles.append(tile)
     rows = [np.hstack(tiles[i:i + 3]) for i in range(0, len(tiles), 3)]
@@ -107,7 +115,7 @@ def inspect(cfg: DataConfig, split: str | None, out_dir: Path | None, limit: int
             sd = item['sd_prior'].numpy()
             print(f'  SD map  OSM roads cover {100.0 * float((sd > 0).mean()):.1f} % of the grid')
         if out_dir:
-            mosaic = camera_mosaic(ds, frame, lidar)
+            mosaic = camera_mosaic(frame, lidar)
             bev = bev_picture(item['semantic'].numpy(), sd) if 'semantic' in item else None
             if bev is not None:
                 bev = cv2.resize(bev, (mosaic.shape[1], int(bev.shape[0] * mosaic.shape[1] / bev.shape[1])),
