@@ -42,5 +42,9 @@ class SplitError(MapkdError, ValueError):
     """A split name or split file is unknown, or selects no sample."""
 
 
+class WeightsMismatchError(MapkdError, ValueError):
+    """A weights file does not fit the model or cannot be read (missing, unexpected or mis-shaped keys are named)."""
+
+
 class NotBuiltError(MapkdError, NotImplementedError):
     """A feature that is planned but not built yet (the message says which issue will build it)."""

@@ -1,0 +1,229 @@
+"""Building blocks shared by the teacher, coach and students (method doc section 1.0), in plain torch.
+
+* :class:`CamEncoder`: EfficientNet-B0 (efficientnet-pytorch) stem and MBConv blocks; the stride-32 endpoint is
+  upsampled onto the stride-16 endpoint, concatenated and fused to ``out_channels`` (HDMapNet's ``CamEncode``).
+  The unused classification head of EfficientNet (conv_head, bn1, fc) is removed after loading weights, so every
+  parameter learns.
+* :class:`ConvBev`, :class:`ConvUp`, :class:`FeatureExpansion`: the 1/8-resolution bottleneck used by TGPD and the
+  SD fusion, its transposed-conv way back up, and the student's 64 -> 192 channel expansion.
+* :class:`BevDecoder`: HDMapNet's ``BevEncode``: a ResNet-18 style trunk without max-pool and one upsampling head per
+  output (semantic, instance embedding, direction).
+
+All upsampling uses target sizes taken from the tensors (never a hard-coded 200 x 400), so any grid works.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import WeightsMismatchError
+from .config import DecoderConfig, EncoderConfig
+
+
+def describe_mismatch(missing, unexpected, shapes=(), limit: int = 8) -> str:
+    parts = []
+    for label, keys in (('missing', missing), ('unexpected', unexpected), ('wrong shape', shapes)):
+        keys = list(keys)
+        if keys:
+            shown = ', '.join(keys[:limit]) + (f' ... (+{len(keys) - limit} more)' if len(keys) > limit else '')
+            parts.append(f'{len(keys)} {label} key(s): {shown}')
+    return '; '.join(parts)
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True))
+
+
+def resize(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize to ``size`` (align_corners=True, as HDMapNet's upsampling); no-op when already there."""
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode='bilinear', align_corners=True)
+
+
+class UpFuse(nn.Module):
+    """Upsample the deep feature onto the shallow one, concatenate, two 3x3 conv-BN-ReLU (HDMapNet ``Up``)."""
+
+    def __init__(self, deep: int, shallow: int, out: int):
+        super().__init__()
+        self.conv = nn.Sequential(conv_bn_relu(deep + shallow, out), conv_bn_relu(out, out))
+
+    def forward(self, deep: torch.Tensor, shallow: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([shallow, resize(deep, shallow.shape[-2:])], dim=1))
+
+
+def _load_state(path: str, what: str) -> dict:
+    from ..paths import resolve_data_path
+    p = resolve_data_path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f'{what}: weights file not found: {p}')
+    try:
+        state = torch.load(p, map_location='cpu', weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which
+        raise WeightsMismatchError(f'{what}: cannot read weights file {p}: {exc}') from None
+    for key in ('state_dict', 'model'):  # common wrappers
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsMismatchError(f'{what}: {p} does not hold a state dict of tensors')
+    return state
+
+
+class CamEncoder(nn.Module):
+    """EfficientNet trunk to stride 32, fused with the stride-16 endpoint: (B, 3, h, w) -> (B, out, h/16, w/16)."""
+
+    #: parts of efficientnet-pytorch's model that we never run (its classification head)
+    UNUSED = ('_conv_head', '_bn1', '_avg_pooling', '_dropout', '_fc')
+
+    def __init__(self, cfg: EncoderConfig, image_hw: tuple[int, int]):
+        super().__init__()
+        from efficientnet_pytorch import EfficientNet
+        trunk = EfficientNet.from_name(cfg.name, image_size=tuple(image_hw), width_coefficient=cfg.width_coefficient,
+                                       depth_coefficient=cfg.depth_coefficient,
+                                       drop_connect_rate=cfg.drop_connect_rate)
+        if cfg.weights:
+            state = _load_state(cfg.weights, 'encoder.weights')
+            own = trunk.state_dict()
+            shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
+            missing = [k for k in own if k not in state]
+            unexpected = [k for k in state if k not in own]
+            if missing or unexpected or shapes:
+                raise WeightsMismatchError(f'encoder.weights {cfg.weights} does not fit {cfg.name} (width '
+                                           f'{cfg.width_coefficient}): ' + describe_mismatch(missing, unexpected,
+                                                                                             shapes))
+            trunk.load_state_dict(state, strict=True)
+        else:
+            warnings.warn(f'no ImageNet weights for the {cfg.name} encoder (model encoder.weights is null): it starts '
+                          'from a random initialisation. Set encoder.weights to a local efficientnet-pytorch file '
+                          '(e.g. efficientnet-b0-355c32eb.pth) to start from ImageNet.', stacklevel=3)
+        trunk.set_swish(memory_efficient=False)  # plain x * sigmoid(x): exportable to ONNX
+        for name in self.UNUSED:
+            if hasattr(trunk, name):
+                delattr(trunk, name)
+        self.trunk = trunk
+        self.drop_connect_rate = cfg.drop_connect_rate
+        with torch.no_grad():
+            s16, s32 = self._endpoints(torch.zeros(1, 3, *image_hw))
+        self.feature_hw = tuple(s16.shape[-2:])
+        self.up = UpFuse(s32.shape[1], s16.shape[1], cfg.out_channels)
+        self.out_channels = cfg.out_channels
+
+    def _endpoints(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.trunk
+        x = t._swish(t._bn0(t._conv_stem(x)))
+        prev = x
+        reductions = []
+        n = len(t._blocks)
+        for idx, block in enumerate(t._blocks):
+            x = block(x, drop_connect_rate=self.drop_connect_rate * idx / n if self.drop_connect_rate else None)
+            if prev.shape[-1] > x.shape[-1]:
+                reductions.append(prev)
+            prev = x
+        # reductions: strides 2, 4, 8, 16 (the inputs of the blocks that halve the size); x is stride 32
+        return reductions[-1], x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        s16, s32 = self._endpoints(images)
+        return self.up(s32, s16)
+
+
+class ConvBev(nn.Module):
+    """Three k4 s2 p1 convs (ReLU, ReLU, BN + ReLU): (B, C, H, W) -> (B, C, H/8, W/8), the TGPD / SD-fusion scale."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, channels, 4, 2, 1), nn.ReLU(True),
+            nn.Conv2d(channels, channels, 4, 2, 1), nn.ReLU(True),
+            nn.Conv2d(channels, channels, 4, 2, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(True))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ConvUp(nn.Module):
+    """Three k4 s2 p1 transposed convs (ReLU, ReLU, BN + ReLU) from 1/8 back to the grid, resized to ``size``."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.ReLU(True),
+            nn.ConvTranspose2d(cout, cout, 4, 2, 1), nn.ReLU(True),
+            nn.ConvTranspose2d(cout, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True))
+
+    def forward(self, x, size):
+        return resize(self.net(x), size)
+
+
+class FeatureExpansion(nn.Module):
+    """The paper student's expansion of the camera BEV: 3x3 conv 64->96, BN, ReLU, 3x3 conv 96->192, BN, ReLU."""
+
+    def __init__(self, cin: int = 64, mid: int = 96, cout: int = 192):
+        super().__init__()
+        self.net = nn.Sequential(conv_bn_relu(cin, mid), conv_bn_relu(mid, cout))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 conv-BN, identity or 1x1 projection shortcut)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)), inplace=True)
+
+
+class _Head(nn.Module):
+    """One BevEncode head: layer3 up onto layer1, two 3x3 convs, up to the grid, 3x3 conv, 1x1 to the outputs."""
+
+    def __init__(self, c1: int, c3: int, mid: int, last: int, out: int):
+        super().__init__()
+        self.up1 = UpFuse(c3, c1, mid)
+        self.up2 = nn.Sequential(conv_bn_relu(mid, last), nn.Conv2d(last, out, 1))
+
+    def forward(self, x1, x3, size):
+        return self.up2(resize(self.up1(x3, x1), size))
+
+
+class BevDecoder(nn.Module):
+    """HDMapNet BevEncode: (B, cin, H, W) -> {head name: (B, channels, H, W)} for the requested heads."""
+
+    def __init__(self, cin: int, cfg: DecoderConfig, heads: dict[str, int]):
+        super().__init__()
+        c1, c2, c3 = cfg.channels
+        self.stem = nn.Sequential(nn.Conv2d(cin, c1, 7, 2, 3, bias=False), nn.BatchNorm2d(c1), nn.ReLU(True))
+        self.layer1 = nn.Sequential(BasicBlock(c1, c1), BasicBlock(c1, c1))
+        self.layer2 = nn.Sequential(BasicBlock(c1, c2, 2), BasicBlock(c2, c2))
+        self.layer3 = nn.Sequential(BasicBlock(c2, c3, 2), BasicBlock(c3, c3))
+        self.heads = nn.ModuleDict({name: _Head(c1, c3, cfg.head_channels[0], cfg.head_channels[1], n)
+                                    for name, n in heads.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        x1 = self.layer1(self.stem(x))
+        x3 = self.layer3(self.layer2(x1))
+        return {name: head(x1, x3, size) for name, head in self.heads.items()}
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ['BevDecoder', 'CamEncoder', 'ConvBev', 'ConvUp', 'FeatureExpansion', 'UpFuse', 'count_parameters',
+           'describe_mismatch', 'resize']

@@ -1,0 +1,179 @@
+"""Model configuration: one YAML per model under ``config/models/`` (grid, image and model sections).
+
+Every size follows these values: the BEV grid gives H x W, the image config gives the input size and camera count;
+no module hard-codes 200x400 or 128x352. Defaults are the paper sizes (method doc sections 1 and 2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from ..config import GridConfig, ImageConfig, from_dict, load_yaml
+from ..constants import ANGLE_CLASSES, EMBEDDING_DIM
+from ..errors import ConfigError
+
+MODEL_NAMES = ('teacher', 'coach', 'student', 'student_edge')
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """EfficientNet-B0 image encoder (efficientnet-pytorch); the stride-16 and stride-32 endpoints are fused."""
+
+    #: efficientnet-pytorch model name
+    name: Literal['efficientnet-b0'] = 'efficientnet-b0'
+    #: EfficientNet width / depth multipliers (1.0 = B0; smaller for the tiny configs)
+    width_coefficient: float = 1.0
+    depth_coefficient: float = 1.0
+    #: channels of the fused output feature (64 in HDMapNet)
+    out_channels: int = 64
+    #: a local ImageNet weights file in efficientnet-pytorch's format (``efficientnet-b0-355c32eb.pth``); null =
+    #: random initialisation, with a warning
+    weights: Optional[str] = None
+    drop_connect_rate: float = 0.2
+
+    def validate(self, where: str) -> None:
+        if not 0.1 <= self.width_coefficient <= 2.0 or not 0.1 <= self.depth_coefficient <= 2.0:
+            raise ConfigError(f'{where}width_coefficient/depth_coefficient: must be in [0.1, 2.0]')
+        if self.out_channels < 1:
+            raise ConfigError(f'{where}out_channels: must be >= 1, got {self.out_channels}')
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """HDMapNet neural view transformer: a per-camera MLP over the flattened feature map, then IPM placement."""
+
+    #: the camera-frame top-down plane is (H / bv_downsample) x (W / bv_downsample) (40 x 80 on the paper grid)
+    bv_downsample: int = 5
+
+    def validate(self, where: str) -> None:
+        if self.bv_downsample < 1:
+            raise ConfigError(f'{where}bv_downsample: must be >= 1, got {self.bv_downsample}')
+
+
+@dataclass(frozen=True)
+class LssConfig:
+    """Lift-Splat-Shoot simulated-LiDAR branch of the coach (its own encoder)."""
+
+    #: depth bins [min, max, step] in metres (41 bins from 4 to 45 m in the paper)
+    dbound: tuple[float, float, float] = (4.0, 45.0, 1.0)
+    context_channels: int = 64
+    #: its own encoder; out_channels is the fused image feature before the depth/context head (512 in the paper)
+    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(out_channels=512))
+
+    def validate(self, where: str) -> None:
+        lo, hi, step = self.dbound
+        if step <= 0 or hi <= lo or lo <= 0:
+            raise ConfigError(f'{where}dbound: needs 0 < min < max and step > 0, got {list(self.dbound)}')
+
+    @property
+    def depth_bins(self) -> int:
+        return int(round((self.dbound[1] - self.dbound[0]) / self.dbound[2]))
+
+
+@dataclass(frozen=True)
+class PillarsConfig:
+    """PointPillars LiDAR encoder of the teacher (pillars on the BEV grid)."""
+
+    point_channels: int = 64
+    backbone_channels: tuple[int, int, int] = (64, 128, 256)
+    backbone_layers: tuple[int, int, int] = (2, 3, 3)
+
+
+@dataclass(frozen=True)
+class SdConfig:
+    """SD-map cross-attention fusion (P-MapNet): DETR-style decoder at 1/8 of the grid."""
+
+    d_model: int = 64
+    heads: int = 8
+    layers: int = 2
+    ffn: int = 192
+    dropout: float = 0.1
+    osm_channels: tuple[int, int] = (32, 64)
+
+    def validate(self, where: str) -> None:
+        if self.d_model % self.heads:
+            raise ConfigError(f'{where}heads: d_model {self.d_model} must be divisible by heads {self.heads}')
+
+
+@dataclass(frozen=True)
+class HdConfig:
+    """HD-map prior: masked-autoencoder refinement head (a ViT over the first-stage semantic logits)."""
+
+    enabled: bool = True
+    patch: int = 8
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+
+    def validate(self, where: str) -> None:
+        if self.dim % self.heads:
+            raise ConfigError(f'{where}heads: dim {self.dim} must be divisible by heads {self.heads}')
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """HDMapNet BevEncode: a ResNet-18 style trunk (no max-pool) and three upsampling heads."""
+
+    channels: tuple[int, int, int] = (64, 128, 256)
+    head_channels: tuple[int, int] = (256, 128)
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Our edge student: geometric ground-plane view transform and a light BEV decoder (see models/edge.py)."""
+
+    #: channels of the BEV feature sampled from the cameras (at half the grid resolution)
+    bev_channels: int = 64
+    #: channels of the neck stages at 1/2, 1/4 and 1/8 of the grid (the last one is the TGPD feature)
+    neck_channels: tuple[int, int, int] = (64, 128, 192)
+    #: depthwise-separable residual blocks per neck stage
+    blocks: tuple[int, int, int] = (1, 2, 2)
+    head_channels: int = 64
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole model: which one, for which grid and cameras, and the sizes of its blocks."""
+
+    name: Literal['teacher', 'coach', 'student', 'student_edge'] = 'student'
+    grid: GridConfig = field(default_factory=GridConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    camera_channels: int = 64
+    lidar_channels: int = 128
+    #: channels of the fused BEV (camera + LiDAR or sim-LiDAR) and of the TGPD feature
+    bev_channels: int = 192
+    embedding_dim: int = EMBEDDING_DIM
+    angle_classes: int = ANGLE_CLASSES
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    view: ViewConfig = field(default_factory=ViewConfig)
+    lss: LssConfig = field(default_factory=LssConfig)
+    pillars: PillarsConfig = field(default_factory=PillarsConfig)
+    sd: SdConfig = field(default_factory=SdConfig)
+    hd: HdConfig = field(default_factory=HdConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+
+    def validate(self, where: str) -> None:
+        h, w = self.grid.H, self.grid.W
+        if self.name != 'student_edge':
+            f = self.view.bv_downsample
+            if h % f or w % f or h % 2 or w % 2:
+                raise ConfigError(f'{where}grid: the HDMapNet view transformer needs H and W even and divisible by '
+                                  f'view.bv_downsample={f}; the grid is {h} x {w}')
+        if h < 16 or w < 16:
+            raise ConfigError(f'{where}grid: at least 16 x 16 cells are needed, the grid is {h} x {w}')
+
+    @property
+    def direction_channels(self) -> int:
+        return self.angle_classes + 1
+
+
+def load_model_config(path: str | Path, overrides: dict | None = None) -> ModelConfig:
+    """Read a model YAML (``name``, ``grid``, ``image`` and block sections) into a validated ModelConfig."""
+    from ..config import merge
+    data = load_yaml(path)
+    if overrides:
+        data = merge(data, overrides)
+    return from_dict(ModelConfig, data, source=str(path))

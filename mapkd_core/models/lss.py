@@ -1,0 +1,83 @@
+"""Lift-Splat-Shoot: the coach's simulated-LiDAR branch (method doc section 2).
+
+Its own EfficientNet-B0 encoder fuses the stride-16/32 endpoints to ``mid_channels`` (512); a 1x1 conv gives D depth
+logits and C context channels per feature pixel; the depth distribution (softmax over D bins) times the context is
+lifted onto a frustum of D x fh x fw points per camera, placed in the ego frame with the intrinsics (at the network
+image size) and the camera-to-ego extrinsics, and sum-pooled into the BEV grid cells (plain ``index_add_``, no
+torch-scatter). A 1x1 conv maps C to ``out_channels`` (128: the place of the LiDAR BEV in the teacher).
+
+Frustum: depth bin k sits at dmin + k * step (LSS's convention: 4, 5, ..., 44 m for [4, 45, 1]); feature pixel
+(i, j) looks through the image point at its centre, u = (j + 0.5) * w / fw - 0.5 (LSS spreads the points linearly
+over 0 .. w-1 instead; the difference is below a quarter of a feature pixel). There is no depth supervision: the
+branch learns through the task and distillation losses only, as in MapKD.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import GridConfig, ImageConfig
+from ..geometry import bev_affine
+from .blocks import CamEncoder
+from .config import LssConfig
+
+
+class LiftSplat(nn.Module):
+    def __init__(self, grid: GridConfig, image: ImageConfig, cfg: LssConfig, out_channels: int = 128):
+        super().__init__()
+        self.grid = grid
+        self.depth_bins = cfg.depth_bins
+        self.context_channels = cfg.context_channels
+        self.encoder = CamEncoder(cfg.encoder, (image.height, image.width))
+        self.depthnet = nn.Conv2d(cfg.encoder.out_channels, self.depth_bins + self.context_channels, 1)
+        self.expand = nn.Conv2d(self.context_channels, out_channels, 1)
+        fh, fw = self.encoder.feature_hw
+        depths = cfg.dbound[0] + cfg.dbound[2] * torch.arange(self.depth_bins, dtype=torch.float32)
+        us = (torch.arange(fw, dtype=torch.float32) + 0.5) * image.width / fw - 0.5
+        vs = (torch.arange(fh, dtype=torch.float32) + 0.5) * image.height / fh - 0.5
+        d, v, u = torch.meshgrid(depths, vs, us, indexing='ij')
+        # homogeneous image points scaled by depth: K^-1 (u d, v d, d) is the camera-frame point
+        self.register_buffer('frustum', torch.stack([u * d, v * d, d], dim=-1), persistent=False)  # (D, fh, fw, 3)
+        a = bev_affine(grid)
+        self.affine = (float(a[0, 0]), float(a[0, 2]), float(a[1, 1]), float(a[1, 2]))
+        self.zbound = (float(grid.zbound[0]), float(grid.zbound[1]))
+
+    def geometry(self, intrinsics: torch.Tensor, cam_to_ego: torch.Tensor) -> torch.Tensor:
+        """(B, N, D, fh, fw, 3) ego-frame points of the frustum."""
+        k_inv = torch.linalg.inv(intrinsics)
+        rays = torch.einsum('bnij,dhwj->bndhwi', k_inv, self.frustum)
+        pts = torch.einsum('bnij,bndhwj->bndhwi', cam_to_ego[..., :3, :3], rays)
+        return pts + cam_to_ego[:, :, None, None, None, :3, 3]
+
+    def lift(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depth distribution (B, N, D, fh, fw) and context (B, N, C, fh, fw) from (B, N, 3, h, w) images."""
+        b, n = images.shape[:2]
+        x = self.depthnet(self.encoder(images.flatten(0, 1)))
+        depth = x[:, :self.depth_bins].softmax(dim=1)
+        context = x[:, self.depth_bins:]
+        return depth.view(b, n, *depth.shape[1:]), context.view(b, n, *context.shape[1:])
+
+    def splat(self, depth: torch.Tensor, context: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Sum-pool depth x context features at ``points`` into (B, C, H, W) BEV cells."""
+        b = depth.shape[0]
+        h, w = self.grid.shape
+        feats = depth[:, :, :, None] * context[:, :, None]  # (B, N, D, C, fh, fw)
+        feats = feats.permute(0, 1, 2, 4, 5, 3).reshape(b, -1, context.shape[2])  # (B, M, C)
+        pts = points.reshape(b, -1, 3)
+        sx, ox, sy, oy = self.affine
+        col = torch.floor(pts[..., 0] * sx + ox + 0.5).long()
+        row = torch.floor(pts[..., 1] * sy + oy + 0.5).long()
+        ok = (col >= 0) & (col < w) & (row >= 0) & (row < h) & (pts[..., 2] >= self.zbound[0]) & \
+            (pts[..., 2] < self.zbound[1])
+        batch = torch.arange(b, device=pts.device)[:, None].expand_as(col)
+        # points outside the grid go to one extra "dump" row that is dropped: no data-dependent indexing
+        flat = torch.where(ok, batch * h * w + row * w + col, torch.full_like(col, b * h * w))
+        canvas = feats.new_zeros(b * h * w + 1, feats.shape[-1])
+        canvas.index_add_(0, flat.reshape(-1), feats.reshape(-1, feats.shape[-1]))
+        canvas = canvas[:-1]
+        return canvas.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+    def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, cam_to_ego: torch.Tensor) -> torch.Tensor:
+        depth, context = self.lift(images)
+        bev = self.splat(depth, context, self.geometry(intrinsics, cam_to_ego))
+        return self.expand(bev)
