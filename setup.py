@@ -43,6 +43,7 @@ setup(
         'console_scripts': [
             'mapkd-inspect-data = mapkd_core.tools.inspect_data:main',
             'mapkd-synth = mapkd_core.data.synth.generate:main',
+            'mapkd-eval = mapkd_core.eval.cli:main',
         ],
     },
 )

@@ -106,3 +106,41 @@ def load_model(path: str | Path, map_location: str | torch.device = 'cpu'):
         model = build_model(cfg)
     load_weights(model, path)
     return model.to(map_location)
+
+
+def load_any(path: str | Path, model_config: str | Path | None = None, map_location: str = 'cpu'):
+    """A model from a weights file (``.safetensors``, config embedded) or a training checkpoint (``.pt``, written
+    by the trainer: ``{'model': state_dict, 'model_config': yaml, ...}``, read with ``weights_only=True``).
+
+    ``model_config`` (a YAML path or shipped name) builds the model instead of the embedded config; the weights must
+    then fit it exactly.
+    """
+    import warnings
+    from .networks import build_model
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'weights file not found: {path}')
+    if path.suffix == '.pt':
+        try:
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as exc:
+            raise WeightsMismatchError(f'cannot read checkpoint {path}: {exc}') from None
+        if not isinstance(ckpt, dict) or 'model' not in ckpt or 'model_config' not in ckpt:
+            raise WeightsMismatchError(f'{path} is not a mapkd training checkpoint (needs model and model_config)')
+        cfg = from_dict(ModelConfig, yaml.safe_load(ckpt['model_config']), source=f'{path} (model_config)')
+        state = ckpt['model']
+    else:
+        cfg, state = None, None
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='no ImageNet weights')
+        if model_config is not None:
+            model = build_model(str(model_config))
+        elif cfg is not None:
+            model = build_model(without_init_weights(cfg))
+        else:
+            return load_model(path, map_location)
+    if state is not None:
+        load_state_strict(model, state, str(path))
+    else:
+        load_weights(model, path)
+    return model.to(map_location)

@@ -21,27 +21,9 @@ import numpy as np
 from ..config import DataConfig, load_config
 from ..constants import CLASS_NAMES
 from ..errors import MapkdError
+from ..eval.pictures import raster_picture
 from ..geometry import project_points
 from ..paths import config_path
-
-#: BGR colours per class for pictures (background unused)
-CLASS_COLOURS = {1: (60, 60, 255), 2: (60, 220, 60), 3: (255, 140, 40)}
-
-
-def bev_picture(semantic: np.ndarray, sd_prior: np.ndarray | None, scale: int = 2) -> np.ndarray:
-    """BEV raster as a BGR picture, forward (+x) to the right and left (+y) up, SD roads in dark grey."""
-    h, w = semantic.shape[1:]
-    img = np.full((h, w, 3), 255, np.uint8)
-    if sd_prior is not None:
-        img[sd_prior[0] > 0] = (200, 200, 200)
-    for c, col in CLASS_COLOURS.items():
-        img[semantic[c] > 0] = col
-    img = img[::-1]  # row 0 is y = ymin (right side): flip so that left is up
-    img = cv2.resize(img, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
-    cx, cy = w * scale // 2, h * scale // 2
-    cv2.arrowedLine(img, (cx - 10, cy), (cx + 14, cy), (0, 0, 0), 2, tipLength=0.4)  # the ego, facing +x
-    return img
-
 
 def camera_mosaic(frame, lidar: np.ndarray | None, tile_w: int = 400) -> np.ndarray:
     """The six cameras at ``tile_w`` px wide, LiDAR points (coloured by depth) blended over them, 3 per row."""
@@ -116,7 +98,7 @@ def inspect(cfg: DataConfig, split: str | None, out_dir: Path | None, limit: int
             print(f'  SD map  OSM roads cover {100.0 * float((sd > 0).mean()):.1f} % of the grid')
         if out_dir:
             mosaic = camera_mosaic(frame, lidar)
-            bev = bev_picture(item['semantic'].numpy(), sd) if 'semantic' in item else None
+            bev = raster_picture(item['semantic'].numpy(), cfg.grid, sd) if 'semantic' in item else None
             if bev is not None:
                 bev = cv2.resize(bev, (mosaic.shape[1], int(bev.shape[0] * mosaic.shape[1] / bev.shape[1])),
                                  interpolation=cv2.INTER_NEAREST)

@@ -1,0 +1,150 @@
+"""Evaluate a model over a split: pooled IoU, vector AP, speed; JSON report, table and BEV pictures.
+
+``evaluate`` is what ``mapkd-eval`` runs and what the trainer calls for validation (with ``vectors=False`` it only
+measures IoU). The data follows the model: the model config's grid and image size override the data config's, and
+LiDAR / SD rasters are loaded only for the models that read them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..config import DataConfig, replace
+from ..constants import CLASS_NAMES
+from ..data.dataset import MapDataset, collate
+from .ap import APConfig, APMeter
+from .iou import IoUMeter
+from .pictures import raster_picture, side_by_side, vector_picture
+from .vectorize import VectorizeConfig, vectorize
+
+
+def data_config_for(model, data_cfg: DataConfig) -> DataConfig:
+    """The data config with the model's grid and images, loading only the inputs the model reads."""
+    mc = model.cfg
+    ds = replace(data_cfg.dataset, load_lidar='lidar' in model.inputs, load_sd_prior='sd_prior' in model.inputs,
+                 load_map_gt=True)
+    return replace(data_cfg, grid=mc.grid, image=replace(data_cfg.image, height=mc.image.height,
+                                                         width=mc.image.width, cameras=mc.image.cameras),
+                   dataset=ds)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='cpu', batch_size: int = 2,
+             workers: int = 0, limit: int | None = None, vectors: bool = True, ap_cfg: APConfig | None = None,
+             vec_cfg: VectorizeConfig | None = None, pictures: int = 0, picture_tokens=(), out_dir: Path | None = None,
+             progress: bool = True, dataset: MapDataset | None = None) -> dict:
+    """Run ``model`` over the split and return the report dict (see module docstring)."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval().to(device)
+    cfg = data_config_for(model, data_cfg)
+    ds = dataset or MapDataset(cfg, split=split)
+    if limit:
+        ds.frames = ds.frames[:limit]
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    iou = IoUMeter()
+    ap = APMeter(cfg.grid, ap_cfg)
+    t_model, t_vec, n = 0.0, 0.0, 0
+    picked = set(picture_tokens)
+    frames = {f.token: f for f in ds.frames}
+    drawn = []
+    if out_dir and (pictures or picked):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for batch in tqdm(loader, desc='mapkd-eval', unit='batch', disable=not progress):
+        batch = to_device(batch, device)
+        if device != 'cpu' and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = model.forward_batch(batch)
+        if device != 'cpu' and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t_model += time.perf_counter() - t0
+        iou.update(out.semantic.float(), batch['semantic'])
+        n += out.semantic.shape[0]
+        if not vectors:
+            continue
+        sem = out.semantic.float().cpu().numpy()
+        emb = out.embedding.float().cpu().numpy()
+        dirs = out.direction.float().cpu().numpy()
+        for i, token in enumerate(batch['token']):
+            t0 = time.perf_counter()
+            pred = vectorize(sem[i], emb[i], dirs[i], cfg.grid, vec_cfg)
+            t_vec += time.perf_counter() - t0
+            frame = frames[token]
+            gt = ds._map_gt.vectors(frame.city, frame.ego_to_global)
+            ap.update(pred, gt)
+            if out_dir and (token in picked or (len(drawn) < pictures and not picked)):
+                drawn.append(_picture(out_dir, token, batch['semantic'][i].cpu().numpy(), sem[i], pred, gt, cfg.grid))
+    model.train(was_training)
+    report = {'split': split or cfg.dataset.split, 'samples': n, 'classes': list(CLASS_NAMES), **iou.compute()}
+    if vectors:
+        report.update(ap.compute())
+    report['timing'] = {'model_ms_per_sample': 1e3 * t_model / max(n, 1),
+                        'vectorize_ms_per_sample': 1e3 * t_vec / max(n, 1) if vectors else None,
+                        'fps_model_and_vectorize': n / max(t_model + t_vec, 1e-9), 'device': str(device),
+                        'batch_size': batch_size}
+    report['pictures'] = [str(p) for p in drawn]
+    return report
+
+
+def _picture(out_dir, token, gt_semantic, pred_semantic, pred_vectors, gt_vectors, grid) -> Path:
+    pic = side_by_side(raster_picture(gt_semantic, grid, title='ground truth'),
+                       raster_picture(pred_semantic, grid, title='prediction (argmax)'),
+                       vector_picture(gt_vectors, grid, title='ground-truth polylines'),
+                       vector_picture(pred_vectors, grid, title='predicted polylines', show_scores=True))
+    path = Path(out_dir) / f'{token}.png'
+    cv2.imwrite(str(path), pic)
+    return path
+
+
+def _pct(v) -> str:
+    return '-' if v is None else f'{100 * v:.2f}'
+
+
+def format_table(report: dict) -> str:
+    """A plain-text table: IoU per class, mIoU, AP per class and threshold, mAP, speed."""
+    lines = [f'samples: {report["samples"]}   split: {report["split"]}']
+    iou = report['iou']
+    lines.append('IoU   ' + '  '.join(f'{c}: {_pct(iou[c])}' for c in CLASS_NAMES[1:]) +
+                 f'   mIoU: {_pct(report["miou"])}')
+    if 'ap' in report:
+        ths = [f'{t:g}' for t in report['thresholds']]
+        kind = 'bidirectional' if report['bidirectional'] else 'one-directional'
+        lines.append(f'AP ({kind} Chamfer, IoU gate {report["iou_gate"]:g})  ' + '  '.join(f'{t} m' for t in ths))
+        for c in CLASS_NAMES[1:]:
+            row = report['ap'][c]
+            cells = '  '.join(f'{100 * row[t]:6.2f}' for t in ths) if row else '  (no frame)'
+            lines.append(f'  {c:<14}{cells}')
+        lines.append(f'mAP: {_pct(report["map"])}')
+    t = report['timing']
+    vec = t['vectorize_ms_per_sample']
+    lines.append(f'speed: model {t["model_ms_per_sample"]:.1f} ms/sample' +
+                 (f', vectorize {vec:.1f} ms/sample' if vec is not None else '') +
+                 f', {t["fps_model_and_vectorize"]:.2f} frames/s ({t["device"]})')
+    return '\n'.join(lines)
+
+
+def write_report(report: dict, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=_json_default) + '\n', encoding='utf-8')
+    return path
+
+
+def _json_default(o):
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    return str(o)
