@@ -44,6 +44,7 @@ setup(
             'mapkd-inspect-data = mapkd_core.tools.inspect_data:main',
             'mapkd-synth = mapkd_core.data.synth.generate:main',
             'mapkd-eval = mapkd_core.eval.cli:main',
+            'mapkd-train = mapkd_core.train.cli:main',
         ],
     },
 )

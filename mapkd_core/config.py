@@ -191,6 +191,7 @@ class DatasetConfig:
     max_lidar_points: int = 81920
     #: points within this distance of the sensor (|x| and |y| in the sensor frame, as the devkit) are removed
     lidar_min_distance: float = 2.2
+    load_images: bool = True
     load_lidar: bool = True
     load_sd_prior: bool = True
     load_map_gt: bool = True
@@ -280,6 +281,10 @@ def _convert(value: Any, tp, key: str):
         return tuple(items) if origin is tuple else items
     if tp is Any:
         return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f'{key}: expected a mapping, got {value!r}')
+        return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f'{key}: expected a boolean (true/false), got {value!r}')

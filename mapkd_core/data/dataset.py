@@ -20,7 +20,8 @@ token, city,       str                     sample token, city, scene name
 scene
 =================  ======================  =====================================================================
 
-``lidar``/``lidar_mask``, the map ground truth and ``sd_prior`` are present only when the dataset config loads them.
+``images``/``intrinsics``, ``lidar``/``lidar_mask``, the map ground truth and ``sd_prior`` are present only when the
+dataset config loads them.
 The direction target is kept as two bins per pixel instead of 37 float channels (11.8 MB per sample at 200x400).
 """
 from __future__ import annotations
@@ -78,14 +79,15 @@ class MapDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         frame = self.frames[i]
         cfg = self.cfg
-        imgs, ks = self.images(frame)
         item = {
-            'images': torch.from_numpy(normalize_images(imgs, cfg.image.mean, cfg.image.std)),
-            'intrinsics': torch.from_numpy(ks.astype(np.float32)),
             'cam_to_ego': torch.from_numpy(frame.cam_to_ego.astype(np.float32)),
             'ego_to_global': torch.from_numpy(frame.ego_to_global.copy()),
             'token': frame.token, 'city': frame.city, 'scene': frame.scene_name,
         }
+        if cfg.dataset.load_images:
+            imgs, ks = self.images(frame)
+            item['images'] = torch.from_numpy(normalize_images(imgs, cfg.image.mean, cfg.image.std))
+            item['intrinsics'] = torch.from_numpy(ks.astype(np.float32))
         if cfg.dataset.load_lidar:
             pts = load_lidar(frame, cfg.dataset.lidar_min_distance, cfg.dataset.lidar_sweeps)
             pts, mask = pad_or_trim(pts, cfg.dataset.max_lidar_points)

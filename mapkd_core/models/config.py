@@ -13,7 +13,7 @@ from ..config import GridConfig, ImageConfig, from_dict, load_yaml
 from ..constants import ANGLE_CLASSES, EMBEDDING_DIM
 from ..errors import ConfigError
 
-MODEL_NAMES = ('teacher', 'coach', 'student', 'student_edge')
+MODEL_NAMES = ('teacher', 'coach', 'student', 'student_edge', 'hd_prior')
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class EdgeConfig:
 class ModelConfig:
     """A whole model: which one, for which grid and cameras, and the sizes of its blocks."""
 
-    name: Literal['teacher', 'coach', 'student', 'student_edge'] = 'student'
+    name: Literal['teacher', 'coach', 'student', 'student_edge', 'hd_prior'] = 'student'
     grid: GridConfig = field(default_factory=GridConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     camera_channels: int = 64
@@ -157,7 +157,7 @@ class ModelConfig:
 
     def validate(self, where: str) -> None:
         h, w = self.grid.H, self.grid.W
-        if self.name != 'student_edge':
+        if self.name not in ('student_edge', 'hd_prior'):
             f = self.view.bv_downsample
             if h % f or w % f or h % 2 or w % 2:
                 raise ConfigError(f'{where}grid: the HDMapNet view transformer needs H and W even and divisible by '

@@ -223,8 +223,29 @@ class EdgeStudent(MapModel):
                          resize(heads['direction'], size), bev_small, {'camera_bev': bev})
 
 
+class HdPriorModel(MapModel):
+    """The HD-map prior alone, for its masked-autoencoder pre-training on ground-truth rasters (method doc 5.1): the
+    refinement head and its decoder, with the same module names as in the teacher (``hd``, ``hd_decoder``) so that
+    its weights initialise the teacher's HD head key for key. Input: a (B, 4, H, W) (masked) one-hot map."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        from .hd_prior import HdPriorRefiner
+        self.hd = HdPriorRefiner(cfg.grid, cfg.hd, in_channels=len(CLASS_NAMES))
+        self.hd_decoder = BevDecoder(cfg.hd.dim, cfg.decoder, self.head_channels)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return ('semantic_map',)
+
+    def forward(self, semantic_map: torch.Tensor) -> MapOutput:
+        feats = self.hd(semantic_map)
+        out = self.hd_decoder(feats)
+        return MapOutput(out['semantic'], out['embedding'], out['direction'], feats, {})
+
+
 MODELS: dict[str, type[MapModel]] = {'teacher': Teacher, 'coach': Coach, 'student': Student,
-                                     'student_edge': EdgeStudent}
+                                     'student_edge': EdgeStudent, 'hd_prior': HdPriorModel}
 
 
 def build_model(config: ModelConfig | str, overrides: Optional[dict] = None) -> MapModel:

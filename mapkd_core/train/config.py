@@ -1,0 +1,138 @@
+"""Training experiment configuration: one YAML per experiment under ``config/train/``.
+
+A stage is one of:
+
+* ``hd_prior``: masked-autoencoder pre-training of the HD-map prior on ground-truth rasters (block masking);
+* ``teacher``: supervised training of the teacher (camera + LiDAR + SD [+ HD head, initialised from hd_prior]);
+* ``coach``: distillation of the coach from the frozen teacher (TGPD + MSRD);
+* ``student``: distillation of a student from the frozen teacher and coach (both in eval mode); with all
+  distillation weights at zero (and no teacher/coach) it is the baseline student on the same schedule.
+
+Defaults are the method doc's (section 5): Adam lr 5e-4, StepLR(10, 0.1), gradient clipping at 5.0, task-loss
+weights 1 / 0.1 / 0.1 / 0.1 with pos_weight 2.13; distillation weights of MapKD's scripts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from ..config import from_dict, load_yaml, merge
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    seg: float = 1.0
+    var: float = 0.1
+    dist: float = 0.1
+    direction: float = 0.1
+    pos_weight: float = 2.13
+    delta_v: float = 0.5
+    delta_d: float = 3.0
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation weights (0 disables a term) and the TGPD settings."""
+
+    msrd_teacher: float = 0.0
+    msrd_coach: float = 0.0
+    tgpd_teacher: float = 0.0
+    tgpd_coach: float = 0.0
+    tgpd_patch: int = 5
+    tgpd_dim: int = 512
+    tgpd_mse: float = 0.5
+    tgpd_tau: float = 1.0
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.msrd_teacher > 0 or self.tgpd_teacher > 0
+
+    @property
+    def uses_coach(self) -> bool:
+        return self.msrd_coach > 0 or self.tgpd_coach > 0
+
+    @property
+    def uses_tgpd(self) -> bool:
+        return self.tgpd_teacher > 0 or self.tgpd_coach > 0
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Explicit partial initialisation from another weights file: keys are renamed by prefix, keys matching
+    ``exclude`` prefixes are skipped; every other key of the file must exist in the model with the same shape, and
+    every model key not covered must match an ``allow_uninitialized`` prefix (nothing is silently ignored)."""
+
+    path: str = ''
+    rename: dict = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+    allow_uninitialized: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HdPretrainConfig:
+    """Block masking of the MAE pre-training (P-MapNet): ratio < 0 draws it per sample."""
+
+    mask_ratio: float = 0.5
+    grid_choices: tuple[int, ...] = (25, 20, 10, 8)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: Literal['hd_prior', 'teacher', 'coach', 'student']
+    #: model YAML path or shipped name (config/models/<name>.yaml)
+    model: str
+    #: data YAML path or a path relative to config/ (e.g. data/synthetic.yaml), plus overrides merged over it
+    data: str = 'data/synthetic.yaml'
+    data_overrides: dict = field(default_factory=dict)
+    train_split: str = 'mini_train'
+    val_split: Optional[str] = 'mini_val'
+    #: frozen models for distillation: weights files (.safetensors or .pt checkpoints)
+    teacher: Optional[str] = None
+    coach: Optional[str] = None
+    init: Optional[InitConfig] = None
+    #: parameter-name prefixes to freeze (requires_grad False; e.g. fine-tune only the HD head)
+    freeze: tuple[str, ...] = ()
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    lr_step: int = 10
+    lr_gamma: float = 0.1
+    grad_clip: float = 5.0
+    #: mixed precision on CUDA ('auto' = on when training on a GPU; never on the CPU)
+    amp: Literal['auto', 'on', 'off'] = 'auto'
+    seed: int = 0
+    workers: int = 0
+    loss: LossWeights = field(default_factory=LossWeights)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    hd_pretrain: HdPretrainConfig = field(default_factory=HdPretrainConfig)
+    #: validation every N epochs (IoU on val_split); 0 = never
+    val_every: int = 1
+    #: limit samples per epoch / for validation (0 = all): quick experiments and tests
+    train_limit: int = 0
+    val_limit: int = 0
+    log_every: int = 10
+
+    def validate(self, where: str) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f'{where}epochs/batch_size: must be >= 1')
+        if self.lr <= 0:
+            raise ConfigError(f'{where}lr: must be > 0, got {self.lr}')
+        d = self.distill
+        if self.stage in ('teacher', 'hd_prior') and (d.uses_teacher or d.uses_coach):
+            raise ConfigError(f'{where}distill: the {self.stage} stage has no distillation')
+        if d.uses_teacher and not self.teacher:
+            raise ConfigError(f'{where}teacher: teacher distillation weights are set but no teacher weights file')
+        if d.uses_coach and not self.coach:
+            raise ConfigError(f'{where}coach: coach distillation weights are set but no coach weights file')
+        if self.stage == 'coach' and d.uses_coach:
+            raise ConfigError(f'{where}distill: the coach stage distils from the teacher only (msrd/tgpd_teacher)')
+
+
+def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    data = load_yaml(path)
+    if overrides:
+        data = merge(data, overrides)
+    return from_dict(TrainConfig, data, source=str(path))

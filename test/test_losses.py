@@ -1,0 +1,369 @@
+"""Task losses, MSRD and TGPD (mapkd_core.distill): hand-computed values on tiny inputs, masking, gradients, weights.
+
+Every expected value below is derived by hand in the comments and evaluated with ``math`` (not with the code under
+test).
+"""
+import math
+
+import pytest
+import torch
+
+from mapkd_core.distill import (DirectionLoss, DiscriminativeLoss, MsrdLoss, SegmentationLoss, TaskLoss, TgpdLoss,
+                                TokenGuidedPatchAttention, msrd_loss)
+from mapkd_core.models import MapOutput
+
+LN3 = math.log(3.0)
+
+
+def softplus(z):
+    return math.log1p(math.exp(z))
+
+
+# ----------------------------------------------------------------------------------------------------- segmentation
+def test_segmentation_loss_by_hand():
+    # two pixels; pixel 0 is a divider ([0, 1, 0, 0]), pixel 1 background ([1, 0, 0, 0])
+    # logits: pixel 0 = [0, ln3, -ln3, 0] -> sigmoid [1/2, 3/4, 1/4, 1/2]
+    #         pixel 1 = [ln3, 0, 0, -ln3] -> sigmoid [3/4, 1/2, 1/2, 1/4]
+    # per element: -[p * y * ln s + (1 - y) * ln(1 - s)], p = 2.13
+    #   pixel 0: ch0 y=0: -ln(1/2) = ln2;  ch1 y=1: -p ln(3/4);  ch2 y=0: -ln(3/4);  ch3 y=0: ln2
+    #   pixel 1: ch0 y=1: -p ln(3/4);      ch1 y=0: ln2;          ch2 y=0: ln2;       ch3 y=0: -ln(3/4)
+    # sum = 4 ln2 - 2 p ln(3/4) - 2 ln(3/4), mean over 8 elements
+    p = 2.13
+    expected = (4 * math.log(2) - 2 * p * math.log(0.75) - 2 * math.log(0.75)) / 8
+    logits = torch.tensor([[0.0, LN3], [LN3, 0.0], [-LN3, 0.0], [0.0, -LN3]]).reshape(1, 4, 1, 2)
+    gt = torch.tensor([[0, 1], [1, 0], [0, 0], [0, 0]], dtype=torch.uint8).reshape(1, 4, 1, 2)
+    loss = SegmentationLoss(pos_weight=p)(logits, gt)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # pos_weight = 1 gives the plain BCE: (4 ln2 - 4 ln(3/4)) / 8
+    assert SegmentationLoss(1.0)(logits, gt).item() == pytest.approx((4 * math.log(2) - 4 * math.log(0.75)) / 8,
+                                                                     rel=1e-6)
+    assert 'pos_weight' in dict(SegmentationLoss().named_buffers())
+
+
+# --------------------------------------------------------------------------------------------------- discriminative
+def test_discriminative_loss_by_hand():
+    # embedding dim 2, four pixels; instance 1 = pixels 0, 1 and instance 2 = pixels 2, 3
+    #   instance 1: e = (0, 0), (2, 0) -> mu1 = (1, 0); ||e - mu1|| = 1, 1 -> relu(1 - 0.5)^2 = 0.25 each, mean 0.25
+    #   instance 2: e = (3, 0), (3, 3) -> mu2 = (3, 1.5); ||e - mu2|| = 1.5, 1.5 -> relu(1.5 - 0.5)^2 = 1, mean 1
+    #   var = (0.25 + 1) / n = 1.25 / 2 = 0.625
+    #   ||mu1 - mu2|| = sqrt(2^2 + 1.5^2) = 2.5 -> relu(3 - 2.5)^2 = 0.25 for each of the 2 ordered pairs
+    #   dist = (0.25 + 0.25) / (n (n - 1) = 2) / 2 = 0.125
+    emb = torch.tensor([[0.0, 2.0, 3.0, 3.0], [0.0, 0.0, 0.0, 3.0]]).reshape(1, 2, 1, 4)
+    inst = torch.tensor([[[1, 1, 2, 2]]], dtype=torch.int32)
+    var, dist = DiscriminativeLoss(delta_v=0.5, delta_d=3.0)(emb, inst)
+    assert var.item() == pytest.approx(0.625, rel=1e-6)
+    assert dist.item() == pytest.approx(0.125, rel=1e-6)
+
+    # an id-0 pixel with an arbitrary embedding is ignored; ids need not be consecutive
+    emb5 = torch.cat([emb, torch.tensor([[[[100.0]], [[-7.0]]]])], dim=3)
+    inst5 = torch.tensor([[[4, 4, 9, 9, 0]]], dtype=torch.int32)
+    var5, dist5 = DiscriminativeLoss()(emb5, inst5)
+    assert (var5.item(), dist5.item()) == pytest.approx((0.625, 0.125), rel=1e-6)
+
+    # batch average: a second sample without instances counts as 0 -> both terms halve
+    emb2 = torch.cat([emb, torch.randn(1, 2, 1, 4)])
+    inst2 = torch.cat([inst, torch.zeros_like(inst)])
+    var2, dist2 = DiscriminativeLoss()(emb2, inst2)
+    assert (var2.item(), dist2.item()) == pytest.approx((0.3125, 0.0625), rel=1e-6)
+
+
+def test_discriminative_loss_three_instances_and_degenerate_cases():
+    # 1-D embeddings, three single-pixel instances at 0, 1 and 10 (var = 0: every pixel is its own mean)
+    #   pair gaps: |0-1| = 1 -> (3-1)^2 = 4; |0-10|, |1-10| >= 3 -> 0; ordered pairs sum = 2 * 4 = 8
+    #   dist = 8 / (3 * 2) / 2 = 2/3
+    emb = torch.tensor([0.0, 1.0, 10.0]).reshape(1, 1, 1, 3).requires_grad_()
+    var, dist = DiscriminativeLoss()(emb, torch.tensor([[[1, 2, 3]]]))
+    assert var.item() == 0.0 and dist.item() == pytest.approx(2 / 3, rel=1e-6)
+    (var + dist).backward()
+    assert torch.isfinite(emb.grad).all()
+    # two instances with identical means (distance 0) and a single instance: finite values and gradients
+    emb = torch.zeros(1, 2, 1, 2, requires_grad=True)
+    var, dist = DiscriminativeLoss()(emb, torch.tensor([[[1, 2]]]))
+    assert dist.item() == pytest.approx(9.0 * 2 / 2 / 2)  # (3 - 0)^2 for 2 ordered pairs / 2 / 2
+    (var + dist).backward()
+    assert torch.isfinite(emb.grad).all()
+    var, dist = DiscriminativeLoss()(torch.randn(1, 2, 1, 2), torch.tensor([[[1, 1]]]))
+    assert dist.item() == 0.0
+
+
+# -------------------------------------------------------------------------------------------------------- direction
+def test_direction_loss_by_hand():
+    # pixel 0: bins (1, 19) -> two-hot target 0.5 at channels 1 and 19, 0 elsewhere (channel 0 = 0: a line pixel)
+    #          logits: channel 1 = ln2, all others 0 -> Z = 2 + 36 = 38, p1 = 2/38, every other p = 1/38
+    # pixel 1: bins (0, 0) -> no direction, masked out (its logits are arbitrary)
+    # BCE on pixel 0, -[y ln p + (1 - y) ln(1 - p)]:
+    #   ch1:  -(0.5 ln(2/38) + 0.5 ln(36/38))
+    #   ch19: -(0.5 ln(1/38) + 0.5 ln(37/38))
+    #   the other 35 channels (y = 0): -ln(37/38) each
+    # normalised by (1 masked pixel * 37 channels)
+    expected = (-(0.5 * math.log(2 / 38) + 0.5 * math.log(36 / 38))
+                - (0.5 * math.log(1 / 38) + 0.5 * math.log(37 / 38))
+                - 35 * math.log(37 / 38)) / 37
+    logits = torch.zeros(1, 37, 1, 2)
+    logits[0, 1, 0, 0] = math.log(2.0)
+    logits[0, :, 0, 1] = torch.randn(37) * 5
+    bins = torch.tensor([[1, 0], [19, 0]], dtype=torch.uint8).reshape(1, 2, 1, 2)
+    loss = DirectionLoss()(logits, bins)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # the same with a pre-built two-hot target
+    target = torch.zeros(1, 37, 1, 2)
+    target[0, 1, 0, 0] = target[0, 19, 0, 0] = 0.5
+    target[0, 0, 0, 1] = 1.0
+    assert DirectionLoss()(logits, target).item() == pytest.approx(expected, rel=1e-5)
+    # no direction pixel -> 0, still backward-able
+    z = torch.randn(1, 37, 1, 2, requires_grad=True)
+    zero = DirectionLoss()(z, torch.zeros(1, 2, 1, 2, dtype=torch.uint8))
+    assert zero.item() == 0.0
+    zero.backward()
+    assert torch.equal(z.grad, torch.zeros_like(z))
+    # saturated logits stay finite (log(1 - p) clamped)
+    z = torch.zeros(1, 37, 1, 1)
+    z[0, 5] = 1e4
+    sat = DirectionLoss()(z.requires_grad_(), torch.tensor([5, 5], dtype=torch.uint8).reshape(1, 2, 1, 1))
+    sat.backward()
+    assert torch.isfinite(sat) and torch.isfinite(z.grad).all()
+
+
+# ------------------------------------------------------------------------------------------------------------- MSRD
+def _msrd_case():
+    """One foreground pixel (index 0, a divider) and one background pixel (index 1)."""
+    gt = torch.tensor([[0, 1], [1, 0], [0, 0], [0, 0]], dtype=torch.uint8).reshape(1, 4, 1, 2)
+    student = torch.tensor([[0.0, 0.3], [1.0, -2.0], [-1.0, 4.0], [2.0, 0.1]]).reshape(1, 4, 1, 2)
+    teacher = torch.tensor([[0.0, 5.0], [LN3, -5.0], [-LN3, 1.0], [0.0, 2.0]]).reshape(1, 4, 1, 2)
+    return gt, student, teacher
+
+
+def test_msrd_by_hand():
+    # foreground pixel 0 only (M = 1): student z = [0, 1, -1, 2], teacher t = [0, ln3, -ln3, 0]
+    # target y = sigmoid(t) = [1/2, 3/4, 1/4, 1/2]; BCE-with-logits = softplus(z) - y z
+    #   z=0: ln2;  z=1: softplus(1) - 3/4;  z=-1: softplus(-1) + 1/4;  z=2: softplus(2) - 1
+    # averaged over M * 4 = 4 elements
+    expected = (math.log(2) + softplus(1) - 0.75 + softplus(-1) + 0.25 + softplus(2) - 1.0) / 4
+    gt, student, teacher = _msrd_case()
+    assert msrd_loss(student, teacher, gt).item() == pytest.approx(expected, rel=1e-6)
+    # MsrdLoss: msrd = 0.75 * teacher term + 0.001 * coach term (coach = the same logits here)
+    out = MsrdLoss()(student, gt, teacher_logits=teacher, coach_logits=teacher)
+    assert out['msrd'].item() == pytest.approx(0.751 * expected, rel=1e-6)
+    out = MsrdLoss(teacher_weight=0.8, coach_weight=0.0)(student, gt, teacher_logits=teacher)
+    assert out['msrd_coach'].item() == 0.0
+    assert out['msrd'].item() == pytest.approx(0.8 * expected, rel=1e-6)
+
+
+def test_msrd_ignores_background_pixels():
+    gt, student, teacher = _msrd_case()
+    results = []
+    for bg_value in (0.0, 37.0):
+        s = student.clone()
+        t = teacher.clone()
+        s[0, :, 0, 1] = bg_value - 3.0  # background pixel of the student ...
+        t[0, :, 0, 1] = -bg_value  # ... and of the teacher
+        s.requires_grad_()
+        loss = msrd_loss(s, t, gt)
+        loss.backward()
+        results.append((loss.detach(), s.grad.clone()))
+        assert torch.equal(s.grad[0, :, 0, 1], torch.zeros(4))  # no gradient at the background pixel
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def test_msrd_without_foreground_is_zero_with_grad():
+    gt = torch.zeros(2, 4, 3, 3, dtype=torch.uint8)
+    gt[:, 0] = 1
+    s = torch.randn(2, 4, 3, 3, requires_grad=True)
+    loss = msrd_loss(s, torch.randn(2, 4, 3, 3), gt)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(s.grad, torch.zeros_like(s))
+
+
+# ------------------------------------------------------------------------------------------------------------- TGPD
+def _tiny_tgpd(**kw):
+    """channels=1, patch=1, dim=1; identity projections: patch x -> x, token mean -> mean."""
+    loss = TgpdLoss(channels=1, patch=1, dim=1, feature_hw=(1, 2), **kw)
+    with torch.no_grad():
+        loss.attention.patch_embed.weight.fill_(1.0)
+        loss.attention.patch_embed.bias.zero_()
+        loss.attention.token_embed.weight.fill_(1.0)
+        loss.attention.token_embed.bias.zero_()
+    return loss
+
+
+def test_tgpd_by_hand():
+    # student feature [1, 2] (1x1x1x2), patch 1 -> N = 2 patches; token = mean = 1.5 -> X = [1.5, 1, 2] (dim 1)
+    # scores s_ij = x_i x_j / sqrt(1); row i: log A_S[i, j] = x_i x_j - LSE_i, LSE_i = ln sum_k exp(x_i x_k)
+    # teacher feature [0, 0] -> X_T = [0, 0, 0] -> A_T = 1/3 everywhere
+    # KL row i = sum_j (1/3) (ln(1/3) - log A_S[i, j]) = -ln3 - x_i S / 3 + LSE_i, with S = sum_j x_j = 4.5
+    # batchmean = sum over the 3 rows / B (B = 1)
+    # MSE = ((1 - 0)^2 + (2 - 0)^2) / 2 = 2.5, weighted 0.5 -> 1.25
+    x = [1.5, 1.0, 2.0]
+    s = sum(x)
+    kl = sum(-LN3 - xi * s / 3 + math.log(sum(math.exp(xi * xk) for xk in x)) for xi in x)
+    expected = kl + 0.5 * 2.5
+    loss = _tiny_tgpd()
+    student = torch.tensor([1.0, 2.0]).reshape(1, 1, 1, 2).requires_grad_()
+    teacher = torch.zeros(1, 1, 1, 2)
+    out = loss(student, teacher_bev=teacher)
+    assert out['tgpd_teacher'].item() == pytest.approx(expected, rel=1e-6)
+    assert out['tgpd_coach'].item() == 0.0
+    assert out['tgpd'].item() == pytest.approx(0.5 * expected, rel=1e-6)
+    # the attention itself: row 1 (x = 1) = softmax([1.5, 1, 2]) = exp(.) / (e^1.5 + e + e^2)
+    a = loss.attention(student)
+    denom = math.exp(1.5) + math.e + math.exp(2)
+    assert a[0, 1].tolist() == pytest.approx([math.exp(1.5) / denom, math.e / denom, math.exp(2) / denom], rel=1e-6)
+    # coach term with weight 0.01 and the same target: tgpd = 0.5 e + 0.01 e
+    out = loss(student, teacher_bev=teacher, coach_bev=teacher)
+    assert out['tgpd'].item() == pytest.approx(0.51 * expected, rel=1e-6)
+
+
+def test_tgpd_dim_scaling_and_tau():
+    # dim = 2 with weights (1, 1): X = [x, x] per element -> x_i . x_j = 2 x_i x_j, / sqrt(2) -> sqrt(2) x_i x_j;
+    # tau = 2 halves the scores. Student [1, 2], teacher [0, 0] as above, KL only (mse_weight 0).
+    c = math.sqrt(2) / 2
+    x = [1.5, 1.0, 2.0]
+    kl = sum(-LN3 - c * xi * sum(x) / 3 + math.log(sum(math.exp(c * xi * xk) for xk in x)) for xi in x)
+    loss = TgpdLoss(channels=1, patch=1, dim=2, tau=2.0, mse_weight=0.0, feature_hw=None)
+    with torch.no_grad():
+        for lin in (loss.attention.patch_embed, loss.attention.token_embed):
+            lin.weight.fill_(1.0)
+            lin.bias.zero_()
+    out = loss(torch.tensor([1.0, 2.0]).reshape(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
+    assert out['tgpd_teacher'].item() == pytest.approx(kl, rel=1e-6)
+
+
+def test_tgpd_patchify_and_resize():
+    att = TokenGuidedPatchAttention()  # 192 channels, patch 5, dim 512, 25 x 50
+    assert att.num_patches == 50
+    assert att.embed(torch.randn(2, 192, 25, 50)).shape == (2, 51, 512)
+    # 26 x 51 pads to 30 x 55 -> 6 * 11 patches
+    assert att.embed(torch.randn(1, 192, 26, 51)).shape == (1, 67, 512)
+    a = att(torch.randn(2, 192, 25, 50))
+    assert torch.allclose(a.sum(-1), torch.ones(2, 51))
+    # patch order: row-major over the patch grid, each patch flattened (C, p, p)
+    small = TokenGuidedPatchAttention(channels=1, patch=2, dim=1, feature_hw=None)
+    f = torch.arange(8.0).reshape(1, 1, 2, 4)
+    assert small.patchify(f).tolist() == [[[0.0, 1.0, 4.0, 5.0], [2.0, 3.0, 6.0, 7.0]]]
+    # a target one cell smaller is resized; two cells is an error
+    loss = TgpdLoss(channels=4, patch=5, dim=8)
+    out = loss(torch.randn(1, 4, 25, 50), torch.randn(1, 4, 24, 50))
+    assert torch.isfinite(out['tgpd'])
+    with pytest.raises(ValueError):
+        loss(torch.randn(1, 4, 25, 50), torch.randn(1, 4, 23, 50))
+
+
+def test_tgpd_projections_are_trained_and_persistent():
+    torch.manual_seed(0)
+    loss = TgpdLoss(channels=8, patch=5, dim=16, feature_hw=(10, 20))
+    modules = (id(loss.attention), id(loss.attention.patch_embed), id(loss.attention.token_embed))
+    params = {name: id(p) for name, p in loss.named_parameters()}
+    assert set(params) == {'attention.patch_embed.weight', 'attention.patch_embed.bias',
+                           'attention.token_embed.weight', 'attention.token_embed.bias'}
+    start = {name: p.detach().clone() for name, p in loss.named_parameters()}
+    opt = torch.optim.Adam(loss.parameters(), lr=1e-2)
+    teacher, coach = torch.randn(2, 8, 10, 20), torch.randn(2, 8, 10, 20)
+    for _ in range(3):
+        student = torch.randn(2, 8, 10, 20, requires_grad=True)
+        opt.zero_grad()
+        loss(student, teacher, coach)['tgpd'].backward()
+        for name, p in loss.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        opt.step()
+        assert (id(loss.attention), id(loss.attention.patch_embed), id(loss.attention.token_embed)) == modules
+        assert {name: id(p) for name, p in loss.named_parameters()} == params
+    for name, p in loss.named_parameters():
+        assert not torch.equal(p.detach(), start[name]), name
+
+
+# ------------------------------------------------------------------------------------------------------- task loss
+def _batch(b=2, h=6, w=8):
+    """A small GT batch: one divider line (instance 1) and one boundary line (instance 2) per sample."""
+    labels = torch.zeros(b, h, w, dtype=torch.long)
+    labels[:, 1, 1:7] = 1
+    labels[:, 4, 1:7] = 3
+    semantic = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).to(torch.uint8)
+    instance = torch.zeros(b, h, w, dtype=torch.int32)
+    instance[:, 1, 1:7] = 1
+    instance[:, 4, 1:7] = 2
+    direction = torch.zeros(b, 2, h, w, dtype=torch.uint8)
+    direction[:, 0, 1, 1:7], direction[:, 1, 1, 1:7] = 1, 19
+    direction[:, 0, 4, 1:7], direction[:, 1, 4, 1:7] = 10, 28
+    return {'semantic': semantic, 'instance': instance, 'direction': direction}
+
+
+def _output(b=2, h=6, w=8, requires_grad=True):
+    out = MapOutput(semantic=torch.randn(b, 4, h, w), embedding=torch.randn(b, 16, h, w),
+                    direction=torch.randn(b, 37, h, w), bev=torch.randn(b, 8, 3, 4))
+    if requires_grad:
+        for t in (out.semantic, out.embedding, out.direction, out.bev):
+            t.requires_grad_()
+    return out
+
+
+def test_task_loss_weights_and_keys():
+    torch.manual_seed(0)
+    batch, out = _batch(), _output()
+    base = TaskLoss()(out, batch)
+    assert set(base) == {'seg', 'var', 'dist', 'direction', 'total'}
+    # total = 1.0 seg + 0.1 var + 0.1 dist + 0.1 direction
+    assert base['total'].item() == pytest.approx(
+        (base['seg'] + 0.1 * (base['var'] + base['dist'] + base['direction'])).item(), rel=1e-6)
+    doubled = TaskLoss(seg=2.0)(out, batch)
+    assert (doubled['total'] - base['total']).item() == pytest.approx(base['seg'].item(), rel=1e-5)
+    custom = TaskLoss(seg=0.0, var=1.0, dist=0.0, direction=0.0)(out, batch)
+    assert custom['total'].item() == pytest.approx(base['var'].item(), rel=1e-6)
+    # a dict works as well as a MapOutput (e.g. an HD-prior pre-training output)
+    as_dict = TaskLoss()({'semantic': out.semantic, 'embedding': out.embedding, 'direction': out.direction}, batch)
+    assert as_dict['total'].item() == pytest.approx(base['total'].item(), rel=1e-6)
+
+
+def test_task_loss_perfect_beats_random():
+    torch.manual_seed(0)
+    batch = _batch()
+    sem = batch['semantic'].float()
+    embedding = torch.zeros(2, 16, 6, 8)
+    embedding[:, 0][batch['instance'] == 1] = 5.0  # two clusters 10 apart (> delta_d), zero spread (< delta_v)
+    embedding[:, 0][batch['instance'] == 2] = -5.0
+    from mapkd_core.data.rasterize import direction_onehot
+    two_hot = direction_onehot(batch['direction'], 37)
+    perfect = MapOutput(semantic=sem * 20 - 10, embedding=embedding,
+                        direction=torch.log(two_hot.clamp_min(1e-6)), bev=torch.zeros(2, 8, 3, 4))
+    good = TaskLoss()(perfect, batch)
+    bad = TaskLoss()(_output(requires_grad=False), batch)
+    assert good['total'] < bad['total']
+    assert good['var'].item() == 0.0 and good['dist'].item() == 0.0
+    assert good['seg'] < bad['seg'] and good['direction'] < bad['direction']
+
+
+def test_task_loss_all_background_is_finite():
+    batch = _batch()
+    batch['semantic'].zero_()
+    batch['semantic'][:, 0] = 1
+    batch['instance'].zero_()
+    batch['direction'].zero_()
+    out = _output()
+    losses = TaskLoss()(out, batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses['var'].item() == losses['dist'].item() == losses['direction'].item() == 0.0
+    losses['total'].backward()
+    assert all(torch.isfinite(t.grad).all() for t in (out.semantic, out.embedding, out.direction))
+
+
+# -------------------------------------------------------------------------------------------------------- gradients
+def test_gradients_reach_student_only():
+    torch.manual_seed(0)
+    batch = _batch()
+    student = _output()
+    teacher = _output()
+    coach = _output()
+    task = TaskLoss()(student, batch)
+    msrd = MsrdLoss()(student.semantic, batch['semantic'], teacher.semantic, coach.semantic)
+    tgpd = TgpdLoss(channels=8, patch=2, dim=4, feature_hw=(3, 4))(student.bev, teacher.bev, coach.bev)
+    # each loss separately reaches its student tensor
+    for value, tensors in ((task['seg'], [student.semantic]), (task['var'] + task['dist'], [student.embedding]),
+                           (task['direction'], [student.direction]), (msrd['msrd_teacher'], [student.semantic]),
+                           (msrd['msrd_coach'], [student.semantic]), (tgpd['tgpd_teacher'], [student.bev]),
+                           (tgpd['tgpd_coach'], [student.bev])):
+        grads = torch.autograd.grad(value, tensors, retain_graph=True)
+        assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    (task['total'] + msrd['msrd'] + tgpd['tgpd']).backward()
+    for t in (teacher.semantic, teacher.bev, coach.semantic, coach.bev):
+        assert t.grad is None
