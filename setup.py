@@ -45,6 +45,11 @@ setup(
             'mapkd-synth = mapkd_core.data.synth.generate:main',
             'mapkd-eval = mapkd_core.eval.cli:main',
             'mapkd-train = mapkd_core.train.cli:main',
+            'mapkd-export = mapkd_core.runtime.cli:main',
+            'student_node = mapkd_ros.student_node:main',
+            'mapkd-bag-convert = mapkd_ros.bag.convert:main',
+            'mapkd-bag-play = mapkd_ros.bag.play:main',
+            'mapkd-demo = mapkd_ros.demo:main',
         ],
     },
 )

@@ -7,7 +7,7 @@ the val scenes (mini_val: scene-0103 boston-seaport, scene-0916 singapore-queens
 pooled IoU per class, mIoU, vector AP (P-MapNet protocol), mAP. Writes benchmarks/results/distillation.json and
 prints the table the README quotes.
 
-    python -m benchmarks.bench_distillation [--epochs 8] [--out runs/ablation] [--workers 1]
+    python -m benchmarks.bench_distillation [--epochs 16] [--out runs/ablation] [--workers 1]
 
 Runs are resumable: a finished run (checkpoint at the last epoch) is reused, an interrupted one continues.
 """
@@ -102,7 +102,7 @@ def table(results: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--epochs', type=int, default=8)
+    p.add_argument('--epochs', type=int, default=16)
     p.add_argument('--out', default='runs/ablation')
     p.add_argument('--workers', type=int, default=1)
     args = p.parse_args(argv)

@@ -294,6 +294,11 @@ def _convert(value: Any, tp, key: str):
             raise ConfigError(f'{key}: expected an integer, got {value!r}')
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string: accept a plain number written so
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f'{key}: expected a number, got {value!r}') from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f'{key}: expected a number, got {value!r}')
         if not math.isfinite(float(value)):

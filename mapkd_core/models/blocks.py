@@ -107,12 +107,17 @@ class CamEncoder(nn.Module):
         self.trunk = trunk
         self.drop_connect_rate = cfg.drop_connect_rate
         with torch.no_grad():
-            s16, s32 = self._endpoints(torch.zeros(1, 3, *image_hw))
-        self.feature_hw = tuple(s16.shape[-2:])
+            ends = self._endpoints(torch.zeros(1, 3, *image_hw))
+        s8, s16, s32 = ends[-3], ends[-2], ends[-1]
         self.up = UpFuse(s32.shape[1], s16.shape[1], cfg.out_channels)
+        self.out_stride = cfg.out_stride
+        # optional finer output (the edge student samples ground points from it): fuse once more onto stride 8
+        self.up8 = UpFuse(cfg.out_channels, s8.shape[1], cfg.out_channels) if cfg.out_stride == 8 else None
+        self.feature_hw = tuple((s8 if cfg.out_stride == 8 else s16).shape[-2:])
         self.out_channels = cfg.out_channels
 
-    def _endpoints(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _endpoints(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The inputs of the blocks that halve the size (strides 2, 4, 8, 16) and the last block's output (32)."""
         t = self.trunk
         x = t._swish(t._bn0(t._conv_stem(x)))
         prev = x
@@ -123,12 +128,12 @@ class CamEncoder(nn.Module):
             if prev.shape[-1] > x.shape[-1]:
                 reductions.append(prev)
             prev = x
-        # reductions: strides 2, 4, 8, 16 (the inputs of the blocks that halve the size); x is stride 32
-        return reductions[-1], x
+        return reductions + [x]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        s16, s32 = self._endpoints(images)
-        return self.up(s32, s16)
+        ends = self._endpoints(images)
+        x = self.up(ends[-1], ends[-2])
+        return self.up8(x, ends[-3]) if self.up8 is not None else x
 
 
 class ConvBev(nn.Module):

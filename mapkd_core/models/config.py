@@ -27,6 +27,9 @@ class EncoderConfig:
     depth_coefficient: float = 1.0
     #: channels of the fused output feature (64 in HDMapNet)
     out_channels: int = 64
+    #: stride of the output feature: 16 (HDMapNet: stride-32 fused onto stride-16) or 8 (fused once more onto the
+    #: stride-8 endpoint; the edge student samples its ground points from it)
+    out_stride: Literal[8, 16] = 16
     #: a local ImageNet weights file in efficientnet-pytorch's format (``efficientnet-b0-355c32eb.pth``); null =
     #: random initialisation, with a warning
     weights: Optional[str] = None

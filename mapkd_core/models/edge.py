@@ -12,8 +12,10 @@ What the edge student does instead:
   are averaged. Map elements lie on the ground, so the ground-plane assumption is exact for them; and a new vehicle
   needs no retraining of the view transform, only its calibration.
 * :class:`EdgeNeck`: depthwise-separable residual stages at 1/2, 1/4 and 1/8 of the grid (the 1/8 stage has the
-  teacher's ``bev_small`` shape, 192 x H/8 x W/8, and is the TGPD feature), a top-down path back to 1/2, and 1x1 heads
-  whose logits are bilinearly upsampled to the grid.
+  teacher's ``bev_small`` shape, 192 x H/8 x W/8, and is the TGPD feature), a top-down path back to 1/2, then an
+  upsampling to the full grid, a depthwise 3x3 refinement and 1x1 heads.
+* The image features are sampled at stride 8 (the encoder fuses once more onto EfficientNet's stride-8 endpoint)
+  and two BEV coordinate channels (x, y scaled to [-1, 1]) are appended, so that the neck knows where each cell is.
 """
 from __future__ import annotations
 
@@ -105,13 +107,18 @@ class EdgeNeck(nn.Module):
         self.lat2 = nn.Conv2d(c2, c1, 1, bias=False)
         self.fuse = nn.Sequential(nn.BatchNorm2d(c1), nn.ReLU(True), DSBlock(c1),
                                   conv_bn_relu(c1, cfg.head_channels, 1))
-        self.heads = nn.ModuleDict({name: nn.Conv2d(cfg.head_channels, n, 1) for name, n in heads.items()})
+        hc = cfg.head_channels
+        # at the grid's full resolution: a depthwise 3x3 refines the upsampled feature before the 1x1 heads, so that
+        # lines one or two cells wide can be drawn
+        self.refine = nn.Sequential(nn.Conv2d(hc, hc, 3, 1, 1, groups=hc, bias=False), nn.BatchNorm2d(hc),
+                                    nn.ReLU(True))
+        self.heads = nn.ModuleDict({name: nn.Conv2d(hc, n, 1) for name, n in heads.items()})
 
-    def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def forward(self, x: torch.Tensor, size) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         x1 = self.stage1(self.stem(x))
         x2 = self.stage2(x1)
         x3 = self.stage3(x2)
         t2 = x2 + resize(self.lat3(x3), x2.shape[-2:])
         t1 = x1 + resize(self.lat2(t2), x1.shape[-2:])
-        y = self.fuse(t1)
+        y = self.refine(resize(self.fuse(t1), size))
         return {name: head(y) for name, head in self.heads.items()}, x3

@@ -198,7 +198,8 @@ class Student(MapModel):
 
 
 class EdgeStudent(MapModel):
-    """Our edge student: EfficientNet-B0 -> geometric ground sampler -> light BEV neck (see models/edge.py)."""
+    """Our edge student: EfficientNet-B0 (stride-8 output) -> geometric ground sampler + BEV coordinates -> light
+    BEV neck with full-resolution heads (see models/edge.py)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -208,7 +209,10 @@ class EdgeStudent(MapModel):
         if neck_cfg.neck_channels[2] != cfg.bev_channels:
             raise ConfigError(f'student_edge: edge.neck_channels[2] ({neck_cfg.neck_channels[2]}) must equal '
                               f'bev_channels ({cfg.bev_channels}), the TGPD feature width')
-        self.neck = EdgeNeck(cfg.encoder.out_channels, neck_cfg, self.head_channels)
+        h, w = self.sampler.half_hw
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing='ij')
+        self.register_buffer('bev_coords', torch.stack([xs, ys])[None], persistent=False)
+        self.neck = EdgeNeck(cfg.encoder.out_channels + 2, neck_cfg, self.head_channels)
 
     def forward(self, images, intrinsics=None, cam_to_ego=None, lidar=None, lidar_mask=None,
                 sd_prior=None) -> MapOutput:
@@ -217,10 +221,9 @@ class EdgeStudent(MapModel):
         feats = self.encoder(images.flatten(0, 1))
         feats = feats.view(b, n, *feats.shape[1:])
         bev = self.sampler(feats, intrinsics, cam_to_ego)
-        heads, bev_small = self.neck(bev)
-        size = self.cfg.grid.shape
-        return MapOutput(resize(heads['semantic'], size), resize(heads['embedding'], size),
-                         resize(heads['direction'], size), bev_small, {'camera_bev': bev})
+        bev = torch.cat([bev, self.bev_coords.expand(b, -1, -1, -1)], dim=1)
+        heads, bev_small = self.neck(bev, self.cfg.grid.shape)
+        return MapOutput(heads['semantic'], heads['embedding'], heads['direction'], bev_small, {'camera_bev': bev})
 
 
 class HdPriorModel(MapModel):
