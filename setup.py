@@ -32,6 +32,8 @@ setup(
         # the bundled real nuScenes keyframe, maps, OSM roads and tracks (CC BY-NC-SA 4.0 / ODbL, see its README)
         *tree('assets', 'share/' + PACKAGE),
     ],
+    # the shipped demo student (safetensors, about 5 MB), found next to mapkd_ros/ by the node and mapkd-demo
+    package_data={'mapkd_ros': ['weights/*.safetensors', 'weights/*.md']},
     install_requires=['setuptools'],
     zip_safe=True,
     maintainer='mapkd developers',

@@ -293,3 +293,25 @@ def test_mapkd_eval_command_writes_report_table_and_pictures(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'mapkd_core.eval.cli', '--weights', str(tmp_path / 'nope.safetensors'),
                         '--dataroot', str(root)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and 'weights file not found' in r.stderr
+
+
+def test_polyline_evaluator_scores_vectors_against_vectors():
+    from mapkd_core.config import MapGtConfig
+    from mapkd_core.eval.polylines import PolylineEvaluator
+    grid = GridConfig(xbound=(-6.0, 6.0, 0.15), ybound=(-3.0, 3.0, 0.15))
+    gt = [MapVector(1, [[-5.0, 1.0], [5.0, 1.0]]), MapVector(3, [[-5.0, -2.0], [5.0, -2.0]])]
+    perfect = PolylineEvaluator(grid, MapGtConfig(line_width=3))
+    perfect.update(gt, gt)
+    rep = perfect.compute()
+    assert rep['frames'] == 1 and rep['miou'] == pytest.approx(1.0) and rep['map'] == pytest.approx(1.0)
+    assert rep['iou']['ped_crossing'] is None  # absent on both sides: left out of the mean
+    # the divider predicted 1.5 m (10 rows) off: no overlap with a 3 px line; the boundary is still perfect
+    shifted = PolylineEvaluator(grid, MapGtConfig(line_width=3))
+    shifted.update([MapVector(1, [[-5.0, 2.5], [5.0, 2.5]], 0.9), gt[1]], gt)
+    rep = shifted.compute()
+    assert rep['iou']['divider'] == 0.0 and rep['iou']['boundary'] == pytest.approx(1.0)
+    assert rep['miou'] == pytest.approx(0.5)
+    assert rep['ap']['divider']['0.5'] == 0.0 and rep['ap']['divider']['1'] == 0.0  # no mask overlap: IoU gate
+    empty = PolylineEvaluator(grid, MapGtConfig(line_width=3))
+    empty.update([], gt)
+    assert empty.compute()['miou'] == 0.0 and empty.compute()['map'] == 0.0

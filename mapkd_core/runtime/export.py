@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -72,7 +73,10 @@ def export_onnx(model, out_path: str | Path, weights_path: str | Path | None = N
     # the wrapper must be in eval mode too: the exporter restores the wrapper's mode recursively afterwards
     wrapper = ExportWrapper(model.cpu()).eval()
     tmp = out_path.with_name(out_path.name + '.tmp')
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns about shape checks and static sizes: shapes are static by design (see the module doc)
+        warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
+        warnings.filterwarnings('ignore', message='Constant folding')
         torch.onnx.export(wrapper, example_inputs(model.cfg), str(tmp), input_names=list(INPUTS),
                           output_names=list(OUTPUTS), opset_version=opset, dynamo=False, do_constant_folding=True)
     model.train(was_training)

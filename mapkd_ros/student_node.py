@@ -1,0 +1,386 @@
+"""The ``student_node``: six synchronised cameras in, map polylines (MarkerArray) out.
+
+Subscribes to each camera's image (``sensor_msgs/CompressedImage`` or ``Image``, chosen per topic) and CameraInfo,
+synchronises the images by header stamp (:mod:`mapkd_ros.sync`), converts them without cv_bridge
+(:mod:`mapkd_ros.conversions`), runs :class:`mapkd_core.runtime.Pipeline` in a worker thread and publishes
+(:mod:`mapkd_ros.markers`):
+
+* ``~/map_markers`` (visualization_msgs/MarkerArray): DELETEALL, then one LINE_STRIP per polyline, in ``frame_id``,
+  stamped with the camera set's stamp;
+* ``~/processing_time_ms`` and ``~/pipeline_latency_ms`` (std_msgs/Float64): worker time for one set, and the time
+  from the set's stamp to publication;
+* ``~/dropped_sets`` (std_msgs/UInt64): complete sets replaced by a newer one before the worker could take them.
+
+The callbacks only file messages; the worker always takes the newest complete set, so nothing queues without bound
+when inference is slower than the cameras. Bad input (corrupt or mis-encoded image, wrong size, missing or invalid
+CameraInfo, a stamp going backwards, a silent camera) is logged with a throttled warning that names the camera and
+topic, the set is skipped, and the node keeps running.
+
+    student_node --ros-args --params-file config/student.yaml [-p model:=weights.safetensors]
+"""
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Float64, UInt64
+from visualization_msgs.msg import MarkerArray
+
+from mapkd_core.constants import CAMERAS
+
+from .conversions import (camera_info_to_k, check_image_size, compressed_to_rgb, extrinsic_matrix, image_to_rgb,
+                          intrinsics_for, jpeg_reduction, ns_to_stamp, stamp_to_ns, transform_to_matrix)
+from .markers import prediction_to_markers
+from .sync import ApproximateTimeSync, KeyedThrottle
+
+NODE_NAME = 'student_node'
+from . import DEMO_WEIGHTS
+BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
+
+
+class ConfigurationError(ValueError):
+    """A parameter that makes the node unable to start; the message says which and how to fix it."""
+
+
+def _d(text: str, **kw) -> ParameterDescriptor:
+    return ParameterDescriptor(description=text, **kw)
+
+
+class StudentNode(Node):
+    """``pipeline`` (keyword): an object called like :class:`mapkd_core.runtime.Pipeline` (tests inject a slow one);
+    by default one is built from the ``model`` / ``backend`` / ``device`` / ``fp16`` / ``onnx`` parameters. Other
+    keywords go to ``rclpy.node.Node`` (``context``, ``cli_args``, ``parameter_overrides``, ...)."""
+
+    def __init__(self, pipeline=None, node_name: str = NODE_NAME, **node_kwargs):
+        super().__init__(node_name, **node_kwargs)
+        self._declare_parameters()
+        p = self._params = {name: self.get_parameter(name).value for name in self._plain_params}
+        self.cameras = list(p['cameras'])
+        self.frame_id = p['frame_id']
+        self.image_topics = self._topic_list('image_topics')
+        self.info_topics = self._topic_list('camera_info_topics')
+        self.compressed = self._compressed_flags(p['compressed'])
+        self.extrinsics = self._read_extrinsics()
+        qos = self._qos(p['qos'], p['queue_size'])
+        try:
+            self.sync = ApproximateTimeSync(self.cameras, slop=p['slop'], queue_size=p['queue_size'])
+        except ValueError as exc:
+            raise ConfigurationError(f'parameters cameras / slop / queue_size: {exc}') from None
+        if not p['line_width'] > 0:
+            raise ConfigurationError(f'parameter line_width must be > 0 metres, got {p["line_width"]}')
+        self.pipeline = pipeline if pipeline is not None else self._build_pipeline()
+        model_cameras = list(getattr(self.pipeline, 'cameras', CAMERAS))
+        if sorted(model_cameras) != sorted(self.cameras):
+            raise ConfigurationError(f'parameter cameras {self.cameras} must name the model\'s cameras '
+                                     f'{model_cameras}')
+        self.model_cameras = model_cameras
+        cfg = getattr(self.pipeline, 'cfg', None)
+        self.model_hw = (cfg.image.height, cfg.image.width) if cfg is not None else None
+
+        self.throttle = KeyedThrottle(p['warn_period'])
+        self.infos: dict[str, tuple] = {}
+        self.stats = {'processed': 0, 'skipped': 0, 'last_latency_ms': None, 'last_processing_ms': None,
+                      'last_stamp_ns': None}
+        self._started = time.monotonic()
+        self._tf_buffer = self._tf_listener = None
+        if p['extrinsics_source'] == 'tf':
+            self._start_tf()
+
+        self.pub_markers = self.create_publisher(MarkerArray, '~/map_markers', 5)
+        self.pub_processing = self.create_publisher(Float64, '~/processing_time_ms', 10)
+        self.pub_latency = self.create_publisher(Float64, '~/pipeline_latency_ms', 10)
+        self.pub_dropped = self.create_publisher(UInt64, '~/dropped_sets', 10)
+        self._subs = []
+        for name, topic, info_topic, comp in zip(self.cameras, self.image_topics, self.info_topics, self.compressed):
+            self._subs.append(self.create_subscription(CompressedImage if comp else Image, topic,
+                                                       functools.partial(self._on_image, name), qos))
+            self._subs.append(self.create_subscription(CameraInfo, info_topic,
+                                                       functools.partial(self._on_info, name), qos))
+        self._health_timer = self.create_timer(1.0, self._check_health)
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name='student_node_worker', daemon=True)
+        self._worker.start()
+        kinds = ', '.join(f'{t} ({"CompressedImage" if c else "Image"})'
+                          for t, c in zip(self.image_topics, self.compressed))
+        self.get_logger().info(f'ready: {len(self.cameras)} cameras [{kinds}], slop {p["slop"]} s, '
+                               f'queue {p["queue_size"]}, qos {p["qos"]}, frame {self.frame_id}; '
+                               f'waiting for every CameraInfo')
+
+    # ----------------------------------------------------------------------------------------------- parameters
+    def _declare_parameters(self) -> None:
+        cams = list(CAMERAS)
+        specs = [
+            ('model', '', 'weights (.safetensors with the embedded model config); empty: the shipped demo weights'),
+            ('backend', 'torch', 'inference backend: torch, onnxruntime or tensorrt'),
+            ('device', 'cpu', "'cpu' or 'cuda' ('cuda:N')"),
+            ('fp16', False, 'half precision on the GPU (torch autocast / TensorRT FP16)'),
+            ('onnx', '', 'ONNX file for onnxruntime / tensorrt; empty: exported from the weights on first use'),
+            ('cameras', cams, 'camera names, paired with image_topics and camera_info_topics'),
+            ('image_topics', [f'/{c}/image_rect_compressed' for c in cams],
+             'image topic per camera; a name ending in "compressed" is a CompressedImage topic (see compressed)'),
+            ('camera_info_topics', [f'/{c}/camera_info' for c in cams], 'CameraInfo topic per camera'),
+            ('frame_id', 'base_link', 'frame of the published polylines (the cameras\' extrinsics target frame)'),
+            ('slop', 0.05, 'seconds: the stamps of one synchronised set lie within this'),
+            ('queue_size', 5, 'messages kept per camera while waiting for a set (and the subscription depth)'),
+            ('qos', 'reliable', "subscription QoS: 'reliable' (bags, tests) or 'sensor_data' (best effort)"),
+            ('extrinsics_source', 'parameters', "'parameters' (extrinsics.<camera>.*) or 'tf' (needs tf2_ros)"),
+            ('line_width', 0.2, 'metres: LINE_STRIP width (scale.x)'),
+            ('stale_timeout', 1.0, 'seconds: a camera silent longer than this is reported'),
+            ('warn_period', 5.0, 'seconds between two warnings of one kind for one camera'),
+        ]
+        self._plain_params = [name for name, _, _ in specs] + ['compressed']
+        for name, default, text in specs:
+            self.declare_parameter(name, default, _d(text))
+        self.declare_parameter('compressed', 'auto', _d(
+            "'auto' (from each image topic's name), true / false for all, or one bool per camera",
+            dynamic_typing=True))
+
+    def _topic_list(self, name: str) -> list[str]:
+        topics = list(self._params[name])
+        if len(topics) != len(self.cameras):
+            raise ConfigurationError(f'parameter {name} has {len(topics)} topics for {len(self.cameras)} cameras '
+                                     f'{self.cameras}: give one per camera, in the same order')
+        return topics
+
+    def _compressed_flags(self, value) -> list[bool]:
+        n = len(self.cameras)
+        if isinstance(value, str) and value.lower() == 'auto':
+            return [t.rstrip('/').endswith('compressed') for t in self.image_topics]
+        if isinstance(value, str) and value.lower() in ('true', 'false'):
+            return [value.lower() == 'true'] * n
+        if isinstance(value, bool):
+            return [value] * n
+        if isinstance(value, (list, tuple)) and len(value) == n and all(isinstance(v, bool) for v in value):
+            return list(value)
+        raise ConfigurationError(f"parameter compressed must be 'auto', true, false or {n} bools, got {value!r}")
+
+    def _read_extrinsics(self) -> dict:
+        """camera -> 4x4 camera-to-frame_id from extrinsics.<camera>.translation / .rotation (w, x, y, z)."""
+        out = {}
+        source = self._params['extrinsics_source']
+        if source not in ('parameters', 'tf'):
+            raise ConfigurationError(f"parameter extrinsics_source must be 'parameters' or 'tf', got {source!r}")
+        for cam in self.cameras:
+            values = {}
+            for part, n in (('translation', 3), ('rotation', 4)):
+                key = f'extrinsics.{cam}.{part}'
+                what = 'x, y, z metres' if n == 3 else 'quaternion w, x, y, z (nuScenes order)'
+                value = self.declare_parameter(key, None, _d(f'{cam} -> {self._params["frame_id"]}: {what}',
+                                                             dynamic_typing=True)).value
+                values[part] = None if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+            if source == 'tf' and values['translation'] is None and values['rotation'] is None:
+                continue
+            missing = [k for k, v in values.items() if v is None]
+            if missing:
+                raise ConfigurationError(
+                    f'no extrinsics for {cam}: set extrinsics.{cam}.{" and .".join(missing)} (camera -> '
+                    f'{self._params["frame_id"]}, as config/student.yaml does) or extrinsics_source:=tf')
+            try:
+                out[cam] = extrinsic_matrix(values['translation'], values['rotation'], f'extrinsics.{cam}')
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from None
+        return out
+
+    def _build_pipeline(self):
+        from mapkd_core.runtime import Pipeline
+        p = self._params
+        if p['backend'] not in BACKENDS:
+            raise ConfigurationError(f"parameter backend must be one of {', '.join(BACKENDS)}, got {p['backend']!r}")
+        model = p['model'] or (str(DEMO_WEIGHTS) if DEMO_WEIGHTS.is_file() else '')
+        if not model:
+            raise ConfigurationError('no model: pass the weights with -p model:=<file.safetensors> (or model: in the '
+                                     f'params file); the demo weights {DEMO_WEIGHTS} are not installed')
+        if not Path(model).expanduser().is_file():
+            raise ConfigurationError(f'parameter model: weights file not found: {model}')
+        self.get_logger().info(f'loading {model} ({p["backend"]} on {p["device"]}{", fp16" if p["fp16"] else ""})')
+        from mapkd_core.errors import MapkdError
+        try:
+            return Pipeline(Path(model).expanduser(), backend=p['backend'], device=p['device'], fp16=p['fp16'],
+                            onnx=p['onnx'] or None, frame_id=self.frame_id, log=self.get_logger().info)
+        except (MapkdError, FileNotFoundError, ValueError) as exc:  # corrupt weights, no GPU, foreign ONNX file
+            raise ConfigurationError(f'cannot load the model {model}: {exc}') from None
+
+    @staticmethod
+    def _qos(name: str, depth: int):
+        if name == 'sensor_data':
+            return qos_profile_sensor_data
+        if name == 'reliable':
+            return QoSProfile(depth=max(1, int(depth)), history=HistoryPolicy.KEEP_LAST,
+                              reliability=ReliabilityPolicy.RELIABLE)
+        raise ConfigurationError(f"parameter qos must be 'reliable' or 'sensor_data', got {name!r}")
+
+    def _start_tf(self) -> None:
+        try:
+            from tf2_ros import Buffer, TransformListener
+        except ImportError:
+            raise ConfigurationError('extrinsics_source is tf but tf2_ros is not installed: use the extrinsics.* '
+                                     'parameters (config/student.yaml)') from None
+        self._tf_buffer = Buffer()
+        self._tf_listener = TransformListener(self._tf_buffer, self)
+
+    # ------------------------------------------------------------------------------------------------ callbacks
+    def warn(self, key, text: str) -> None:
+        """A warning limited to one per ``warn_period`` per key (kind of problem, camera)."""
+        if self.throttle(key):
+            more = self.throttle.take_suppressed(key)
+            self.get_logger().warning(text + (f' ({more} more like this suppressed)' if more else ''))
+
+    def _on_image(self, name: str, msg) -> None:
+        status = self.sync.add(name, stamp_to_ns(msg.header.stamp), msg)
+        if status in ('backwards', 'duplicate'):
+            topic = self.image_topics[self.cameras.index(name)]
+            self.warn(('stamp', name), f'{name}: image stamp {stamp_to_ns(msg.header.stamp) / 1e9:.3f} s on {topic} '
+                                       f'is {"the same as" if status == "duplicate" else "older than"} the previous '
+                                       'one: message dropped')
+        elif status == 'reset':
+            self.warn(('reset', name), f'{name}: image stamps jumped back by more than 1 s (bag restarted?): '
+                                       'synchronisation restarted for this camera')
+
+    def _on_info(self, name: str, msg) -> None:
+        key = (tuple(msg.k), msg.height, msg.width, msg.header.frame_id)
+        cached = self.infos.get(name)
+        if cached is not None and cached[0] == key:
+            return
+        topic = self.info_topics[self.cameras.index(name)]
+        try:
+            k, hw = camera_info_to_k(msg, topic)
+        except ValueError as exc:
+            self.warn(('info', name), f'{name}: {exc}; this CameraInfo is ignored')
+            return
+        if cached is None:
+            self.get_logger().info(f'{name}: CameraInfo received on {topic} ({hw[1]}x{hw[0]})')
+        self.infos[name] = (key, k, hw, msg.header.frame_id)
+
+    def _check_health(self) -> None:
+        timeout = self._params['stale_timeout']
+        for name, silence in self.sync.silent(timeout, since=self._started).items():
+            topic = self.image_topics[self.cameras.index(name)]
+            if silence is None:
+                self.warn(('silent', name), f'{name}: no image yet on {topic}')
+            else:
+                self.warn(('silent', name), f'{name}: no image for {silence:.1f} s on {topic}: no map until it '
+                                            'publishes again')
+        if time.monotonic() - self._started > timeout:
+            for name in self.cameras:
+                if name not in self.infos:
+                    self.warn(('no_info', name), f'{name}: waiting for CameraInfo on '
+                                                 f'{self.info_topics[self.cameras.index(name)]}')
+        self.pub_dropped.publish(UInt64(data=self.sync.dropped))
+
+    # --------------------------------------------------------------------------------------------------- worker
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            synced = self.sync.take(timeout=0.2)
+            if synced is None or self._stop.is_set():
+                continue
+            try:
+                self._process(synced)
+            except Exception as exc:  # never let one set kill the worker
+                self.stats['skipped'] += 1
+                self.warn(('error', type(exc).__name__), f'set at {synced.stamp_ns / 1e9:.3f} s failed: '
+                                                         f'{type(exc).__name__}: {exc}')
+
+    def _skip(self, key, text: str) -> None:
+        self.stats['skipped'] += 1
+        self.warn(key, text + '; set skipped')
+
+    def _camera_input(self, name: str, msg, info):
+        """(RGB image, K at its size) of one camera; ValueError naming the topic when it is unusable."""
+        i = self.cameras.index(name)
+        topic = self.image_topics[i]
+        _, k, hw, _ = info
+        if self.compressed[i]:
+            rgb, factor = compressed_to_rgb(msg, topic, jpeg_reduction(hw, self.model_hw))
+        else:
+            rgb, factor = image_to_rgb(msg, topic), 1
+        check_image_size(rgb.shape[:2], hw, factor, topic)
+        return rgb, intrinsics_for(k, factor)
+
+    def _extrinsic(self, name: str, info):
+        if name in self.extrinsics:
+            return self.extrinsics[name]
+        from rclpy.time import Time
+        camera_frame = info[3]
+        tf = self._tf_buffer.lookup_transform(self.frame_id, camera_frame, Time())
+        self.extrinsics[name] = transform_to_matrix(tf.transform)  # static: looked up once
+        return self.extrinsics[name]
+
+    def _process(self, synced) -> None:
+        t0 = time.perf_counter()
+        images, ks, exts = [], [], []
+        for name in self.model_cameras:
+            info = self.infos.get(name)
+            if info is None:
+                topic = self.info_topics[self.cameras.index(name)]
+                self._skip(('no_info', name), f'{name}: no CameraInfo yet on {topic}')
+                return
+            try:
+                rgb, k = self._camera_input(name, synced.payloads[name], info)
+                ext = self._extrinsic(name, info)
+            except ValueError as exc:
+                self._skip(('image', name), str(exc))
+                return
+            except Exception as exc:  # tf lookup errors
+                self._skip(('tf', name), f'{name}: no transform {info[3]} -> {self.frame_id}: {exc}')
+                return
+            images.append(rgb)
+            ks.append(k)
+            exts.append(ext)
+        try:
+            prediction = self.pipeline(images, ks, exts, stamp=synced.stamp_ns / 1e9)
+        except ValueError as exc:
+            self._skip(('pipeline', 'input'), f'pipeline refused the set: {exc}')
+            return
+        markers = prediction_to_markers(prediction, ns_to_stamp(synced.stamp_ns), self.frame_id,
+                                        self._params['line_width'])
+        if self._stop.is_set():
+            return
+        self.pub_markers.publish(markers)
+        processing_ms = 1e3 * (time.perf_counter() - t0)
+        latency_ms = (self.get_clock().now().nanoseconds - synced.stamp_ns) / 1e6
+        self.pub_processing.publish(Float64(data=processing_ms))
+        self.pub_latency.publish(Float64(data=latency_ms))
+        self.pub_dropped.publish(UInt64(data=self.sync.dropped))
+        self.stats.update(processed=self.stats['processed'] + 1, last_latency_ms=latency_ms,
+                          last_processing_ms=processing_ms, last_stamp_ns=synced.stamp_ns)
+
+    def destroy_node(self):
+        # also called by the context's shutdown, possibly on a node whose __init__ raised part-way
+        if getattr(self, '_worker', None) is not None:
+            self._stop.set()
+            self.sync.close()
+            if self._worker.is_alive():
+                self._worker.join(timeout=10.0)
+        return super().destroy_node()
+
+
+def main(args=None) -> int:
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.logging import get_logger
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = StudentNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ConfigurationError as exc:
+        get_logger(NODE_NAME).error(str(exc))
+        code = 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
