@@ -10,11 +10,12 @@ STAMP := $(VENV)/.mapkd-installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export PYTHONDONTWRITEBYTECODE := 1
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: venv demo test test-fast bench clean-venv help
 
 help:
-	@echo "make demo   - create .venv if needed, run the main job on the bundled data"
+	@echo "make demo   - create .venv if needed, replay the synthetic val scenes through the ROS 2 node (mapkd-demo)"
 	@echo "make test   - create .venv if needed, run the whole test suite (slow end-to-end tests included)"
 	@echo "make test-fast - the suite without tests marked slow"
 	@echo "make bench  - run every benchmark in benchmarks/ (JSON into benchmarks/results/)"
@@ -28,7 +29,7 @@ $(STAMP): requirements.txt setup.py setup.cfg
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mapkd-inspect-data
+	$(VENV)/bin/mapkd-demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest test $(PYTEST_ARGS)

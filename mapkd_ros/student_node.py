@@ -43,6 +43,8 @@ from .sync import ApproximateTimeSync, KeyedThrottle
 NODE_NAME = 'student_node'
 from . import DEMO_WEIGHTS
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
+#: seconds the worker waits for a missing CameraInfo before it skips a set
+INFO_GRACE_S = 0.5
 
 
 class ConfigurationError(ValueError):
@@ -315,6 +317,10 @@ class StudentNode(Node):
     def _process(self, synced) -> None:
         t0 = time.perf_counter()
         images, ks, exts = [], [], []
+        # a CameraInfo sent with the first images may still be in flight: give it a moment before skipping the set
+        deadline = time.monotonic() + INFO_GRACE_S
+        while any(n not in self.infos for n in self.model_cameras) and time.monotonic() < deadline:
+            time.sleep(0.01)
         for name in self.model_cameras:
             info = self.infos.get(name)
             if info is None:

@@ -146,9 +146,16 @@ def test_pipeline_polylines_are_in_the_ego_frame_near_the_ground_truth(synth_roo
     split = tmp_path / 'split.yaml'
     split.write_text(yaml.safe_dump({'one': [frame.scene_name]}))
     cfg = TrainConfig(stage='student', model='student_edge_tiny', data=str(data), train_split='one',
-                      val_split=None, epochs=500, batch_size=1, lr=1e-2, lr_step=350, log_every=0,
+                      val_split=None, epochs=800, batch_size=1, lr=5e-3, lr_step=600, log_every=0,
                       data_overrides={'dataset': {'split_file': str(split)}}, train_limit=1)
-    result = Trainer(cfg, tmp_path / 'run', progress=False).fit()
+    # one intra-op thread: the same floating-point sums, so the same weights, on every machine of this kind (a short
+    # overfit is sensitive to them)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = Trainer(cfg, tmp_path / 'run', progress=False).fit()
+    finally:
+        torch.set_num_threads(threads)
     weights = result['weights']
     pipe = Pipeline(weights, backend='onnxruntime', cache_dir=tmp_path / 'cache')
     images, k, t = frame_inputs(frame)
@@ -173,7 +180,7 @@ def test_pipeline_polylines_are_in_the_ego_frame_near_the_ground_truth(synth_roo
     print(f'pipeline polylines: {len(pred.polylines)}, Chamfer to the map per polyline (m): '
           f'{np.round(distances, 2).tolist()}, median {np.median(distances):.2f} '
           f'(x/y swapped: {swapped:.2f}, flipped: {flipped:.2f})')
-    # 500 steps on one sample at a 0.6 m grid with 1.2 m wide lines: within about 3 cells of the map, and clearly
+    # 800 steps on one sample at a 0.6 m grid with 1.2 m wide lines: within about 3 cells of the map, and clearly
     # closer than the same polylines in a wrong frame
     assert np.median(distances) < 2.0
     assert swapped > 1.5 * np.median(distances) and flipped > 1.5 * np.median(distances)

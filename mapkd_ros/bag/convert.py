@@ -362,10 +362,12 @@ def convert(dataroot, out, version: str = 'v1.0-mini', scenes: Optional[Sequence
                 add(r.stamp_ns, tm.lidar_topic(r.channel), 'lidar',
                     lambda r=r: msgs.pointcloud(r.stamp_ns, r.channel, _read_lidar(r.path)))
             else:
-                add(r.stamp_ns, tm.image_topic(r.channel), 'image',
-                    lambda r=r: msgs.image(r.stamp_ns, r.channel, _read_jpeg(r.path)))
+                # CameraInfo first: a player sends it before the image of the same stamp, so a node that needs the
+                # calibration before it fuses a set has it when the set completes
                 add(r.stamp_ns, tm.info_topic(r.channel), 'info',
                     lambda r=r: msgs.camera_info(r.stamp_ns, r.channel, r.intrinsic, *_image_size(r)))
+                add(r.stamp_ns, tm.image_topic(r.channel), 'image',
+                    lambda r=r: msgs.image(r.stamp_ns, r.channel, _read_jpeg(r.path)))
             if r.stamp_ns not in poses_written:
                 poses_written[r.stamp_ns] = r.ego_pose_token
                 add(r.stamp_ns, tm.tf, 'tf', lambda r=r: msgs.tf([msgs.transform(
