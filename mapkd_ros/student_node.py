@@ -204,10 +204,15 @@ class StudentNode(Node):
         self.get_logger().info(f'loading {model} ({p["backend"]} on {p["device"]}{", fp16" if p["fp16"] else ""})')
         from mapkd_core.errors import MapkdError
         try:
-            return Pipeline(Path(model).expanduser(), backend=p['backend'], device=p['device'], fp16=p['fp16'],
-                            onnx=p['onnx'] or None, frame_id=self.frame_id, log=self.get_logger().info)
+            pipeline = Pipeline(Path(model).expanduser(), backend=p['backend'], device=p['device'], fp16=p['fp16'],
+                                onnx=p['onnx'] or None, frame_id=self.frame_id, log=self.get_logger().info)
         except (MapkdError, FileNotFoundError, ValueError) as exc:  # corrupt weights, no GPU, foreign ONNX file
             raise ConfigurationError(f'cannot load the model {model}: {exc}') from None
+        # before subscribing: the first camera set must not pay for lazy initialisation (allocators, CUDA kernels)
+        t0 = time.perf_counter()
+        pipeline.warmup()
+        self.get_logger().info(f'model ready (warm-up {1e3 * (time.perf_counter() - t0):.0f} ms)')
+        return pipeline
 
     @staticmethod
     def _qos(name: str, depth: int):

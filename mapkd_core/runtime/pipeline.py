@@ -95,6 +95,15 @@ class Pipeline:
                   'total': 1e3 * (t3 - t0)}
         return MapPrediction(polylines, stamp, self.frame_id, timing)
 
+    def warmup(self, runs: int = 2) -> None:
+        """Run the backend on zero images at the model's size, so the first real frame pays no lazy start-up."""
+        n = len(self.cameras)
+        h, w = self.cfg.image.height, self.cfg.image.width
+        k = np.tile(np.array([[w, 0.0, w / 2], [0.0, w, h / 2], [0.0, 0.0, 1.0]]), (n, 1, 1))
+        images = [np.zeros((h, w, 3), np.uint8)] * n
+        for _ in range(runs):
+            self.raw(images, k, np.tile(np.eye(4), (n, 1, 1)))
+
     def raw(self, images, intrinsics, cam_to_ego):
         """The backend's raw outputs (semantic, embedding, direction) for one set of images."""
         return self.backend.run(prepare_inputs(images, intrinsics, cam_to_ego, self.cfg.image))
