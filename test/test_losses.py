@@ -367,3 +367,17 @@ def test_gradients_reach_student_only():
     (task['total'] + msrd['msrd'] + tgpd['tgpd']).backward()
     for t in (teacher.semantic, teacher.bev, coach.semantic, coach.bev):
         assert t.grad is None
+
+
+def test_tgpd_normalize_option_ignores_the_scale_of_the_features():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 8, 10, 10), torch.randn(2, 8, 10, 10)
+    raw = TgpdLoss(channels=8, patch=5, dim=16, feature_hw=(10, 10))
+    norm = TgpdLoss(channels=8, patch=5, dim=16, feature_hw=(10, 10), normalize=True)
+    norm.load_state_dict(raw.state_dict())
+    a, b = norm(student, teacher)['tgpd_teacher'], norm(student, 30.0 * teacher + 5.0)['tgpd_teacher']
+    assert a.item() == pytest.approx(b.item(), rel=1e-4)  # standardised: a scaled, shifted teacher is the same target
+    assert raw(student, 30.0 * teacher)['tgpd_teacher'].item() > 50 * raw(student, teacher)['tgpd_teacher'].item()
+    # standardised features of a perfect student: MSE 0 and identical attention, so the loss is 0
+    assert norm(3.0 * teacher, teacher)['tgpd_teacher'].item() == pytest.approx(0.0, abs=1e-5)
+    assert 'normalize=True' in repr(norm)

@@ -67,7 +67,7 @@ class TokenGuidedPatchAttention(nn.Module):
     """
 
     def __init__(self, channels: int = TGPD_CHANNELS, patch: int = TGPD_PATCH, dim: int = TGPD_DIM,
-                 feature_hw: Optional[tuple[int, int]] = TGPD_FEATURE_HW):
+                 feature_hw: Optional[tuple[int, int]] = TGPD_FEATURE_HW, normalize: bool = False):
         super().__init__()
         if channels < 1 or patch < 1 or dim < 1:
             raise ValueError(f'channels, patch and dim must be >= 1, got {channels}, {patch}, {dim}')
@@ -143,7 +143,7 @@ class TgpdLoss(nn.Module):
     def __init__(self, channels: int = TGPD_CHANNELS, patch: int = TGPD_PATCH, dim: int = TGPD_DIM,
                  tau: float = TGPD_TAU, mse_weight: float = TGPD_MSE_WEIGHT,
                  teacher_weight: float = STUDENT_TGPD_TEACHER_WEIGHT, coach_weight: float = STUDENT_TGPD_COACH_WEIGHT,
-                 feature_hw: Optional[tuple[int, int]] = TGPD_FEATURE_HW):
+                 feature_hw: Optional[tuple[int, int]] = TGPD_FEATURE_HW, normalize: bool = False):
         super().__init__()
         if tau <= 0:
             raise ValueError(f'tau must be > 0, got {tau}')
@@ -152,10 +152,18 @@ class TgpdLoss(nn.Module):
         self.mse_weight = float(mse_weight)
         self.teacher_weight = float(teacher_weight)
         self.coach_weight = float(coach_weight)
+        self.normalize = bool(normalize)
+
+    @staticmethod
+    def standardize(f: Tensor) -> Tensor:
+        """Per sample, zero mean and unit variance over (C, H, W): the scale of a target's features stops mattering."""
+        return F.layer_norm(f.float(), f.shape[1:])
 
     def term(self, student_bev: Tensor, target_bev: Tensor) -> Tensor:
         """KL(A_T || A_S) summed over rows and columns / B, plus mse_weight * MSE(F_S, F_T.detach())."""
         target = _match_target(student_bev, target_bev)
+        if self.normalize:  # not in the method: an option for targets whose raw features are large or noisy
+            student_bev, target = self.standardize(student_bev), self.standardize(target)
         log_a_s = self.attention.log_attention(student_bev, self.tau)
         with torch.no_grad():
             log_a_t = self.attention.log_attention(target, self.tau)
@@ -172,4 +180,4 @@ class TgpdLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'tau={self.tau}, mse_weight={self.mse_weight}, teacher_weight={self.teacher_weight}, '
-                f'coach_weight={self.coach_weight}')
+                f'coach_weight={self.coach_weight}, normalize={self.normalize}')

@@ -44,6 +44,9 @@ class DistillConfig:
     tgpd_dim: int = 512
     tgpd_mse: float = 0.5
     tgpd_tau: float = 1.0
+    #: standardise both feature maps per sample (zero mean, unit variance over C, H, W) before TGPD; off in the
+    #: method (raw features), an option for weak or unnormalised targets (see the README's ablation)
+    tgpd_normalize: bool = False
 
     @property
     def uses_teacher(self) -> bool:
