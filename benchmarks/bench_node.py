@@ -47,18 +47,11 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.harness import summarize, write_result
+from benchmarks.harness import bundled_keyframe, summarize, write_result
 
 MS = 1e3
 #: Fast DDS profile for multi-camera JPEG sets: shared memory with a 16 MB segment, UDP with 4 MB socket buffers.
 LARGE_BUFFERS = (Path(__file__).resolve().parent.parent / 'config' / 'fastdds_large_buffers.xml').read_text()
-
-
-def _keyframe():
-    from mapkd_core.config import load_config
-    from mapkd_core.data.index import NuScenesIndex
-    from mapkd_core.paths import config_path
-    return NuScenesIndex.from_config(load_config(config_path('data/bundled.yaml')))[0]
 
 
 def _model(model, arch, tmp: Path) -> Path:
@@ -244,7 +237,7 @@ def _in_fresh_process(fn, profile: str, tmp: Path, threads: int, *args) -> dict:
 
 def run(model=None, arch='student_edge_tiny', backend='torch', device='cpu', runs=20, warmup=3, threads=1,
         dds='both', timeout=180.0) -> dict:
-    frame = _keyframe()
+    frame = bundled_keyframe()
     profiles = ('large-buffers', 'default') if dds == 'both' else (dds,)
     with tempfile.TemporaryDirectory() as tmp:
         weights = _model(model, arch, Path(tmp))

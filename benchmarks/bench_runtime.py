@@ -17,16 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import summarize, write_result
+from benchmarks.harness import bundled_keyframe, summarize, write_result
 
 
 def _frame():
+    """The bundled keyframe's images decoded to RGB once (decoding is not timed), with its calibration."""
     import cv2
-
-    from mapkd_core.config import load_config
-    from mapkd_core.data.index import NuScenesIndex
-    from mapkd_core.paths import config_path
-    frame = NuScenesIndex.from_config(load_config(config_path('data/bundled.yaml')))[0]
+    frame = bundled_keyframe()
     images = [cv2.cvtColor(cv2.imread(str(c.path)), cv2.COLOR_BGR2RGB) for c in frame.cameras]
     return images, frame.intrinsics, frame.cam_to_ego
 

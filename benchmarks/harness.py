@@ -45,6 +45,14 @@ def machine_info() -> dict:
     return info
 
 
+def bundled_keyframe():
+    """The bundled real nuScenes keyframe (``Frame``: six 1600x900 JPEGs with calibration) that benchmarks run on."""
+    from mapkd_core.config import load_config
+    from mapkd_core.data.index import NuScenesIndex
+    from mapkd_core.paths import config_path
+    return NuScenesIndex.from_config(load_config(config_path('data/bundled.yaml')))[0]
+
+
 def sync_cuda() -> None:
     """Wait for queued CUDA work, so that timings include it (no-op without CUDA)."""
     try:

@@ -26,12 +26,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
+
+from . import DEMO_WEIGHTS
 
 VAL_SCENES = ('scene-0103', 'scene-0916')  # v1.0-mini's mini_val: boston-seaport, singapore-queenstown
 MARKERS_TOPIC = '/student_node/map_markers'
 PROCESSING_TOPIC = '/student_node/processing_time_ms'
 GT_TOPIC = '/map_gt/markers'
-from . import DEMO_WEIGHTS
 
 
 class DemoError(RuntimeError):
@@ -41,6 +43,12 @@ class DemoError(RuntimeError):
 def _params_file() -> Path:
     from mapkd_core.paths import config_path
     return Path(config_path('student.yaml'))
+
+
+def _node_slop_ns(params_file: Path) -> int:
+    """The node's synchronisation slop from the params file it runs with: a set's images lie within it."""
+    params = yaml.safe_load(params_file.read_text())['student_node']['ros__parameters']
+    return int(round(float(params['slop']) * 1e9))
 
 
 class Recorder:
@@ -95,43 +103,18 @@ def _decode_markers(raw: bytes):
     return deserialize_message(raw, MarkerArray)
 
 
-def _array_vectors(array) -> tuple[int, list]:
-    """(stamp ns, MapVectors) of a MarkerArray (score from the marker's text when it carries one)."""
-    from mapkd_core.constants import CLASS_NAMES
-    from mapkd_core.data.vectors import MapVector
-    stamp = None
-    out = []
-    for m in array.markers:
-        if stamp is None:
-            stamp = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
-        if m.type == m.LINE_STRIP and m.action == m.ADD and m.ns in CLASS_NAMES and len(m.points) >= 2:
-            try:
-                score = float(m.text) if m.text else 1.0
-            except ValueError:
-                score = 1.0
-            out.append(MapVector(CLASS_NAMES.index(m.ns), [[p.x, p.y] for p in m.points], score))
-    return stamp, out
-
-
 def _read_bag_gt(bag: Path) -> dict[int, list]:
+    """Ground-truth MapVectors per keyframe stamp (ns) from the bag's map topic."""
     from rosbags.rosbag2 import Reader
 
     from .bag.convert import typestore
+    from .markers import markers_to_vectors
     store = typestore()
     gt = {}
     with Reader(bag) as reader:
         conns = [c for c in reader.connections if c.topic == GT_TOPIC]
         for conn, _, raw in reader.messages(connections=conns):
-            msg = store.deserialize_cdr(raw, conn.msgtype)
-            stamp = None
-            vecs = []
-            from mapkd_core.constants import CLASS_NAMES
-            from mapkd_core.data.vectors import MapVector
-            for m in msg.markers:
-                if stamp is None:
-                    stamp = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
-                if m.type == 4 and m.action == 0 and m.ns in CLASS_NAMES and len(m.points) >= 2:  # LINE_STRIP, ADD
-                    vecs.append(MapVector(CLASS_NAMES.index(m.ns), [[p.x, p.y] for p in m.points]))
+            stamp, vecs = markers_to_vectors(store.deserialize_cdr(raw, conn.msgtype))
             gt[stamp] = vecs
     return gt
 
@@ -226,6 +209,7 @@ def run(out: Path, weights: Path, backend: str, rate: float, limit: int, draw: i
 
     from .bag.convert import convert
     from .bag.play import play
+    from .markers import markers_to_vectors
     if not weights.is_file():
         raise DemoError(f'demo weights not found: {weights} (train them with the README\'s commands, or pass --weights)')
     t_start = time.perf_counter()
@@ -246,7 +230,8 @@ def run(out: Path, weights: Path, backend: str, rate: float, limit: int, draw: i
 
     log(f'[3/6] starting student_node ({backend}, {weights.name})')
     node_log = open(out / 'student_node.log', 'w')
-    cmd = [sys.executable, '-m', 'mapkd_ros.student_node', '--ros-args', '--params-file', str(_params_file()),
+    params_file = _params_file()
+    cmd = [sys.executable, '-m', 'mapkd_ros.student_node', '--ros-args', '--params-file', str(params_file),
            '-p', f'model:={weights}', '-p', f'backend:={backend}']
     proc = subprocess.Popen(cmd, stdout=node_log, stderr=subprocess.STDOUT, env=dict(os.environ))
     recorder = None
@@ -287,6 +272,7 @@ def run(out: Path, weights: Path, backend: str, rate: float, limit: int, draw: i
 
     log('[5/6] scoring the replayed markers against the bag\'s ground truth')
     gt = _read_bag_gt(bag_in)
+    slop_ns = _node_slop_ns(params_file)
     gt_stamps = np.array(sorted(gt))
     image_events = sorted((s, t) for topic, ev in published.items() if topic.endswith('image_rect_compressed')
                           for s, t in ev)
@@ -296,14 +282,14 @@ def run(out: Path, weights: Path, backend: str, rate: float, limit: int, draw: i
     latencies = []
     recorded = []
     for t_recv, raw in received:
-        stamp, vecs = _array_vectors(_decode_markers(raw))
+        stamp, vecs = markers_to_vectors(_decode_markers(raw))
         recorded.append((stamp, raw))
         # the set's images: stamps within the node's slop of the set stamp; latency from the last one published
-        near = np.abs(ev_stamps - stamp) <= 50_000_000
+        near = np.abs(ev_stamps - stamp) <= slop_ns
         if near.any():
             latencies.append(1e3 * (t_recv - ev_times[near].max()))
         k = int(np.argmin(np.abs(gt_stamps - stamp)))
-        if abs(int(gt_stamps[k]) - stamp) <= 50_000_000:
+        if abs(int(gt_stamps[k]) - stamp) <= slop_ns:
             preds[int(gt_stamps[k])] = vecs
     ev = PolylineEvaluator(grid, map_gt)
     for s in gt_stamps:

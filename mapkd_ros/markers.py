@@ -48,10 +48,24 @@ def prediction_to_markers(prediction, stamp, frame_id: str = 'base_link', line_w
     return MarkerArray(markers=markers)
 
 
-def markers_to_polylines(array) -> list[tuple[str, np.ndarray]]:
-    """(namespace, (N, 2) points) of the LINE_STRIP markers of a MarkerArray (for tests and tools)."""
+#: visualization_msgs/Marker constants (the rosbags message classes used to read bags do not carry them)
+LINE_STRIP, ADD = 4, 0
+
+
+def markers_to_vectors(array) -> tuple[int | None, list]:
+    """(stamp ns of the first marker, MapVectors) of a MarkerArray, an rclpy message or one read from a bag with
+    rosbags: one MapVector per LINE_STRIP whose ``ns`` is a class name, its score from ``text`` (1.0 when absent,
+    as in the ground-truth markers of a converted bag)."""
+    from mapkd_core.data.vectors import MapVector
+
+    from .conversions import stamp_to_ns
+    stamp = stamp_to_ns(array.markers[0].header.stamp) if array.markers else None
     out = []
     for m in array.markers:
-        if m.type == m.LINE_STRIP and m.action == m.ADD:
-            out.append((m.ns, np.array([[p.x, p.y] for p in m.points], dtype=np.float64).reshape(-1, 2)))
-    return out
+        if m.type == LINE_STRIP and m.action == ADD and m.ns in CLASS_NAMES[1:] and len(m.points) >= 2:
+            try:
+                score = float(m.text) if m.text else 1.0
+            except ValueError:
+                score = 1.0
+            out.append(MapVector(CLASS_NAMES.index(m.ns), [[p.x, p.y] for p in m.points], score))
+    return stamp, out

@@ -17,7 +17,7 @@ from mapkd_ros.conversions import (ENCODINGS, bytes_to_compressed, camera_info_m
                                    check_image_size, compressed_to_rgb, extrinsic_matrix, image_to_rgb,
                                    intrinsics_for, jpeg_reduction, ns_to_stamp, rgb_to_compressed, rgb_to_image,
                                    stamp_to_ns, transform_to_matrix)
-from mapkd_ros.markers import CLASS_COLORS, markers_to_polylines, prediction_to_markers
+from mapkd_ros.markers import CLASS_COLORS, markers_to_vectors, prediction_to_markers
 
 
 @pytest.fixture(scope='module')
@@ -190,9 +190,11 @@ def test_markers_delete_all_then_one_line_strip_per_polyline():
         assert m.pose.orientation.w == 1.0
         assert (m.color.r, m.color.g, m.color.b, m.color.a) == pytest.approx(CLASS_COLORS[vec.class_name])
         assert all(p.z == 0.0 for p in m.points)
-    got = markers_to_polylines(array)
-    assert [ns for ns, _ in got] == ['divider', 'ped_crossing', 'boundary']
-    assert np.allclose(got[0][1], polylines[0].points)
+    stamp_ns, got = markers_to_vectors(array)
+    assert stamp_ns == 12 * 10 ** 9 + 5
+    assert [v.class_name for v in got] == ['divider', 'ped_crossing', 'boundary']
+    assert np.allclose(got[0].points, polylines[0].points)
+    assert [v.score for v in got] == pytest.approx([v.score for v in polylines[:3]])  # carried in text
     assert set(CLASS_COLORS) == set(CLASS_NAMES[1:]) and len(set(CLASS_COLORS.values())) == 3
     empty = prediction_to_markers(MapPrediction([], 0.0), stamp, 'map')
     assert len(empty.markers) == 1 and empty.markers[0].header.frame_id == 'map'

@@ -34,7 +34,7 @@ from mapkd_core.geometry import scale_intrinsics  # noqa: E402
 from mapkd_core.paths import config_path  # noqa: E402
 from mapkd_ros.conversions import (bytes_to_compressed, camera_info_msg, ns_to_stamp, rgb_to_image,  # noqa: E402
                                    stamp_to_ns)
-from mapkd_ros.markers import markers_to_polylines  # noqa: E402
+from mapkd_ros.markers import markers_to_vectors  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings('ignore:no ImageNet weights'),
               pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")]
@@ -224,8 +224,10 @@ def assert_markers_in_grid(array, stamp_ns, grid, frame_id='base_link'):
     first = array.markers[0]
     assert first.action == first.DELETEALL
     assert all(m.header.frame_id == frame_id and stamp_to_ns(m.header.stamp) == stamp_ns for m in array.markers)
-    lines = markers_to_polylines(array)
+    _, vectors = markers_to_vectors(array)
+    lines = [(v.class_name, v.points) for v in vectors]
     assert lines, 'no polyline'
+    assert len(lines) == len(array.markers) - 1  # every LINE_STRIP names a class
     for ns, pts in lines:
         assert ns in CLASS_NAMES[1:] and len(pts) >= 2 and np.all(np.isfinite(pts))
         assert np.all((pts[:, 0] >= grid.xbound[0]) & (pts[:, 0] <= grid.xbound[1]))
