@@ -4,6 +4,13 @@ Two measurements: the end-to-end rate of ``generate`` with its worker pool (the 
 scenes, and the per-stage cost of one keyframe in one process (ground texture, six cameras, LiDAR, JPEG encoding).
 
     python -m benchmarks.bench_synth [--scenes scene-0061,scene-0103] [--limit 10] [--repeats 5]
+
+``--drives`` instead generates the whole default virtual-drives dataset (``dataroot: synthetic_drives``: the ten
+real-track scenes plus >= 6,000 geo_train and >= 1,000 geo_val keyframes at 704x396) into the cache folder that
+``synthetic_drives`` resolves to (so training can use it afterwards), resuming an interrupted run, and records the
+wall time, keyframes/s, the disk size and the plan's summary (coverage shares, train-val distance)::
+
+    nohup python -m benchmarks.bench_synth --drives > drives.log 2>&1 &
 """
 from __future__ import annotations
 
@@ -63,13 +70,47 @@ def run(scenes: str = 'scene-0061,scene-0103', limit: int = 10, repeats: int = 5
     return payload
 
 
+def run_drives() -> dict:
+    import gzip
+    import json
+    import os
+
+    from mapkd_core.data.synth.cache import DRIVES, cache_key, cache_root
+    from mapkd_core.data.synth.generate import generate
+
+    out = cache_root() / f'synth-{cache_key(DRIVES)}'
+    if (out / 'synth.json').is_file():
+        raise SystemExit(f'{out} is complete already: remove it to measure a generation from scratch')
+    resumed = (out.with_name(out.name + '.partial') / 'records').is_dir()
+    t0 = time.perf_counter()
+    generate(out, DRIVES, progress=True, overwrite=True)
+    seconds = time.perf_counter() - t0
+    with gzip.open(out / 'drives.json.gz', 'rt', encoding='utf-8') as fh:
+        summary = json.load(fh)['summary']
+    keyframes = len(list((out / 'samples' / 'LIDAR_TOP').iterdir()))
+    size = sum(p.stat().st_size for p in out.rglob('*') if p.is_file())
+    lidar = sum(p.stat().st_size for p in (out / 'samples' / 'LIDAR_TOP').iterdir())
+    payload = {'dataroot': out.name, 'keyframes': keyframes, 'seconds_total': seconds,
+               'keyframes_per_s': keyframes / seconds, 'resumed_run': resumed, 'workers': 'min(2, cpus)',
+               'cpus': os.cpu_count(), 'image_size': [DRIVES.height, DRIVES.width], 'disk_bytes': size,
+               'disk_bytes_lidar': lidar, 'plan': summary}
+    path = write_result('synth_drives', payload)
+    print(f'synth drives: {keyframes} keyframes in {seconds / 60:.1f} min ({keyframes / seconds:.2f} keyframes/s), '
+          f'{size / 1e9:.2f} GB on disk ({lidar / 1e9:.2f} GB LiDAR) -> {path}')
+    return payload
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--scenes', default='scene-0061,scene-0103')
     p.add_argument('--limit', type=int, default=10)
     p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--drives', action='store_true', help='generate the default virtual-drives dataset (see above)')
     args = p.parse_args(argv)
-    run(args.scenes, args.limit, args.repeats)
+    if args.drives:
+        run_drives()
+    else:
+        run(args.scenes, args.limit, args.repeats)
 
 
 if __name__ == '__main__':

@@ -55,11 +55,15 @@ def bundled_dataroot() -> Path:
 def resolve_data_path(value, base: Path | None = None) -> Path:
     """Resolve a path from a config: ``bundled`` / ``bundled/<sub>`` name the bundled data, ``synthetic`` the
     default synthetic dataset (generated into the cache on first use: all ten scenes, keyframes, 800x450, seed 0),
+    ``synthetic_drives`` the same scenes plus the virtual drives with the geo_train / geo_val splits (704x396),
     a relative path is taken relative to ``base`` (default: the current directory), ``~`` is expanded."""
     text = str(value)
     if text == 'synthetic':
         from .data.synth.cache import synthetic_dataroot
         return synthetic_dataroot()
+    if text == 'synthetic_drives':
+        from .data.synth.cache import DRIVES, synthetic_dataroot
+        return synthetic_dataroot(DRIVES)
     if text == 'bundled' or text.startswith('bundled/'):
         root = bundled_dataroot()
         return root if text == 'bundled' else root / text[len('bundled/'):]

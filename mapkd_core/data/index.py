@@ -5,7 +5,8 @@ the six camera image paths in the fixed order with intrinsics, sensor-to-ego ext
 the LiDAR keyframe and its previous sweeps, the keyframe ego pose (LIDAR_TOP's, as HDMapNet) and the city.
 
 Splits: the official scene splits of ``nuscenes.utils.splits.create_splits_scenes`` (train, val, test, mini_train,
-mini_val, ...), ``all`` (every scene of the dataroot), or a split file (YAML ``{name: [scene, ...]}`` or a text file
+mini_val, ...), ``all`` (every scene of the dataroot), a split named in the dataroot's own ``splits.yaml`` (the
+synthetic drives' ``geo_train`` / ``geo_val``), or a split file (YAML ``{name: [scene, ...]}`` or a text file
 with one scene name per line). Frames are sorted by (scene name, timestamp).
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..paths import resolve_data_path
 log = logging.getLogger(__name__)
 
 LIDAR_CHANNEL = 'LIDAR_TOP'
+SPLITS_FILE = 'splits.yaml'  # a dataroot's own named splits, used when the split is not an official one
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,9 @@ class NuScenesIndex(Sequence):
             nusc = NuScenes(version=version, dataroot=str(self.dataroot), verbose=False)
         self.nusc = nusc
         scenes = {s['name']: s for s in nusc.scene}
+        own = self.dataroot / SPLITS_FILE
+        if not split_file and split != 'all' and own.is_file() and split not in official_splits():
+            split_file = str(own)  # a dataroot's own splits (e.g. geo_train / geo_val of the synthetic drives)
         wanted = resolve_split(split, split_file, scenes)
         present = [n for n in wanted if n in scenes]
         if not present:

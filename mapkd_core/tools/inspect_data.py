@@ -53,7 +53,37 @@ def camera_mosaic(frame, lidar: np.ndarray | None, tile_w: int = 400) -> np.ndar
     return np.vstack(rows)
 
 
-def inspect(cfg: DataConfig, split: str | None, out_dir: Path | None, limit: int) -> int:
+def pick_frames(ds, kinds: list[str]) -> list[int]:
+    """Indices of frames whose patch holds each of ``kinds`` (crossing / intersection / curve), one per kind, from
+    the ``drives.json.gz`` table of a synthetic-drives dataroot (the first keyframe that has that kind only, if
+    there is one, else the first that has it)."""
+    import gzip
+    import json
+
+    table = Path(ds.dataroot) / 'drives.json.gz'
+    if not table.is_file():
+        raise MapkdError(f'--pick needs a dataroot with virtual drives (mapkd-synth --drives): no {table}')
+    with gzip.open(table, 'rt', encoding='utf-8') as fh:
+        rows = {(r['scene'], r['k']): r for r in json.load(fh)['keyframes']}
+    position = {}  # frame index -> (scene, k) with k the keyframe's rank in its scene
+    seen: dict[str, int] = {}
+    for i, f in enumerate(ds.frames):
+        position[i] = (f.scene_name, seen.get(f.scene_name, 0))
+        seen[f.scene_name] = seen.get(f.scene_name, 0) + 1
+    kinds_all = ('crossing', 'intersection', 'curve')
+    out = []
+    for kind in kinds:
+        if kind not in kinds_all:
+            raise MapkdError(f'--pick: unknown kind {kind!r}; use {", ".join(kinds_all)}')
+        has = [i for i in position if position[i] in rows and rows[position[i]][kind]]
+        only = [i for i in has if not any(rows[position[i]][k] for k in kinds_all if k != kind)]
+        if not has:
+            raise MapkdError(f'--pick: no keyframe of this split has a {kind} in its patch')
+        out.append((only or has)[len(only or has) // 2])
+    return out
+
+
+def inspect(cfg: DataConfig, split: str | None, out_dir: Path | None, limit: int, pick: list[str] = ()) -> int:
     from ..data.dataset import MapDataset
     from ..data.lidar import load_lidar
 
@@ -68,7 +98,9 @@ def inspect(cfg: DataConfig, split: str | None, out_dir: Path | None, limit: int
           f'images {cfg.image.height} x {cfg.image.width}')
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    for i, frame in enumerate(ds.frames[:limit]):
+    chosen = pick_frames(ds, list(pick)) if pick else list(range(min(limit, len(ds))))
+    for rank, i in enumerate(chosen):
+        frame = ds.frames[i]
         t = time.perf_counter()
         item = ds[i]
         dt = time.perf_counter() - t
@@ -103,7 +135,8 @@ def inspect(cfg: DataConfig, split: str | None, out_dir: Path | None, limit: int
                 bev = cv2.resize(bev, (mosaic.shape[1], int(bev.shape[0] * mosaic.shape[1] / bev.shape[1])),
                                  interpolation=cv2.INTER_NEAREST)
                 mosaic = np.vstack([mosaic, bev])
-            path = out_dir / f'{i:03d}_{frame.token}.png'
+            label = f'{pick[rank]}_' if pick else ''
+            path = out_dir / f'{i:03d}_{label}{frame.token}.png'
             cv2.imwrite(str(path), mosaic)
             print(f'  picture {path}')
     return 0
@@ -118,11 +151,14 @@ def main(argv=None) -> int:
     p.add_argument('--split', default=None, help='override dataset.split')
     p.add_argument('--limit', type=int, default=3, help='samples to print and draw (default 3)')
     p.add_argument('--out', default='outputs/inspect', help='folder for pictures ("" for none)')
+    p.add_argument('--pick', default='', help='with a synthetic-drives dataroot: comma-separated kinds '
+                   '(crossing, intersection, curve); draws one keyframe with each in its patch instead of the first')
     args = p.parse_args(argv)
     overrides = {'dataset': {k: v for k, v in (('dataroot', args.dataroot), ('version', args.version)) if v}}
     try:
         cfg = load_config(args.config or config_path('data/bundled.yaml'), overrides=overrides)
-        return inspect(cfg, args.split, Path(args.out) if args.out else None, args.limit)
+        return inspect(cfg, args.split, Path(args.out) if args.out else None, args.limit,
+                       [k for k in args.pick.split(',') if k])
     except MapkdError as exc:
         print(f'mapkd-inspect-data: error: {exc}', file=sys.stderr)
         return 2

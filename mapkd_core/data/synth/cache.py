@@ -16,6 +16,10 @@ from pathlib import Path
 
 from .generate import GENERATOR_VERSION, SynthConfig, generate
 
+#: ``dataroot: synthetic_drives``: the ten real-track scenes plus at least 6,000 geo_train and 1,000 geo_val
+#: keyframes of virtual drives, rendered at 704 x 396 (a training resolution: 2x the paper's 352 x 128 crop width)
+DRIVES = SynthConfig(drives=True, width=704)
+
 
 def cache_root() -> Path:
     return Path(os.environ.get('MAPKD_CACHE') or Path.home() / '.cache' / 'mapkd')

@@ -36,8 +36,9 @@ from ...geometry import make_transform, scale_intrinsics
 from ...paths import bundled_dataroot
 from ..patch import ego_to_map_2d
 from .camera import Box, CameraModel
+from .drives import DRIVE_PREFIX
 from .lidar_sim import LidarModel
-from .style import AGENT_PALETTE, Style, colour_texture, finish_image, wear_markings
+from .style import AGENT_PALETTE, Style, cast_shadows, colour_texture, finish_image, wear_markings
 from .tables import (calibrated_row, link, pose_row, sensor_tokens, token, write_tables)
 from .tracks import SceneTracks, load_scene_tracks
 from .world import CityWorld
@@ -64,6 +65,17 @@ class SynthConfig:
     workers: int = 0  # 0 = min(2, CPU count)
     version: str = 'v1.0-mini'
     source: str = field(default='', compare=False)  # bundled dataroot override (tests)
+    # virtual drives over the whole maps (see drives.py), added to the real-track scenes when ``drives`` is set
+    drives: bool = False
+    train_keyframes: int = 6000
+    val_keyframes: int = 1000
+    scene_seconds: float = 20.0
+    cover_crossings: bool = True
+
+    def plan_config(self):
+        from .drives import DrivePlanConfig
+        return DrivePlanConfig(train_keyframes=self.train_keyframes, val_keyframes=self.val_keyframes,
+                               scene_seconds=self.scene_seconds, cover_crossings=self.cover_crossings, seed=self.seed)
 
     @property
     def height(self) -> int:
@@ -76,6 +88,9 @@ class SynthConfig:
             raise ValueError(f'--limit must be >= 0, got {self.limit}')
         if not 10 <= self.jpeg_quality <= 100:
             raise ValueError(f'jpeg_quality must be in [10, 100], got {self.jpeg_quality}')
+        if self.drives and (self.train_keyframes < 0 or self.val_keyframes < 0 or self.scene_seconds < 6):
+            raise ValueError('drives: train/val keyframes must be >= 0 and scene_seconds >= 6, got '
+                             f'{self.train_keyframes}, {self.val_keyframes}, {self.scene_seconds}')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -113,8 +128,10 @@ def load_rig(source: Path, width: int, height: int) -> Rig:
 
 
 def scene_number(name: str) -> int:
+    """The number that seeds a scene and places it in time: nuScenes scene numbers for the real tracks,
+    100000 + the drive number for virtual drives."""
     digits = ''.join(ch for ch in name if ch.isdigit())
-    return int(digits) if digits else 0
+    return (100_000 if name.startswith(DRIVE_PREFIX) else 0) + (int(digits) if digits else 0)
 
 
 def scene_base_us(name: str) -> int:
@@ -142,7 +159,7 @@ def ego_pose_2d(scene: SceneTracks, t: float) -> np.ndarray:
 class SceneRenderer:
     """Built once per worker process: city worlds, camera and LiDAR models."""
 
-    def __init__(self, cfg: SynthConfig, source: Path):
+    def __init__(self, cfg: SynthConfig, source: Path, drives: dict[str, SceneTracks] | None = None):
         self.cfg = cfg
         self.source = source
         self.rig = load_rig(source, cfg.width, cfg.height)
@@ -151,6 +168,7 @@ class SceneRenderer:
         self.lidar = LidarModel(self.rig.sensor_to_ego[LIDAR])
         self.worlds: dict[str, CityWorld] = {}
         self.tracks = load_scene_tracks(source / 'scenes.json.gz')
+        self.tracks.update(drives or {})
 
     def world(self, city: str) -> CityWorld:
         if city not in self.worlds:
@@ -195,6 +213,7 @@ class SceneRenderer:
         ground = world.ground(key_pose, cfg.render_range, cfg.texture_resolution)
         ground.classes = wear_markings(ground.classes, style.wear, rng)
         texture = colour_texture(ground.classes, style, rng)
+        cast_shadows(texture, ground, self.boxes(scene, t_key, key_pose), style)
         key_inv = np.linalg.inv(ego_to_map_2d(key_pose))
         for ci, ch in enumerate(CAMERAS):
             for j, t in enumerate(self._frame_times(ch, CAMERA_HZ, cfg.camera_sweeps, t_key, t_next)):
@@ -239,10 +258,10 @@ class SceneRenderer:
 _WORKER: SceneRenderer | None = None
 
 
-def _init_worker(cfg: SynthConfig, source: str) -> None:
+def _init_worker(cfg: SynthConfig, source: str, drives: dict | None = None) -> None:
     global _WORKER
     cv2.setNumThreads(1)
-    _WORKER = SceneRenderer(cfg, Path(source))
+    _WORKER = SceneRenderer(cfg, Path(source), drives)
 
 
 def _run_task(args):
@@ -277,8 +296,9 @@ def build_tables(cfg: SynthConfig, rig: Rig, scenes: dict[str, SceneTracks], rec
                             'scene_token': token('scene', name)})
         link(samples)
         tables['sample'].extend(samples)
+        what = 'a virtual drive on the real map' if name.startswith(DRIVE_PREFIX) else f'the real track of {name}'
         tables['scene'].append({'token': token('scene', name), 'log_token': log_tok, 'nbr_samples': len(samples),
-                                'name': name, 'description': f'synthetic rendering of the real track of {name}',
+                                'name': name, 'description': f'synthetic rendering of {what}',
                                 'first_sample_token': samples[0]['token'], 'last_sample_token': samples[-1]['token']})
         per_channel: dict[str, list[dict]] = {}
         for k in keys:
@@ -305,8 +325,29 @@ def build_tables(cfg: SynthConfig, rig: Rig, scenes: dict[str, SceneTracks], rec
 # top level
 
 
+def _params(cfg: SynthConfig) -> dict:
+    """The parameters that decide the result (not the worker count or the source override)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ('workers', 'source')}
+
+
+def _save_records(path: Path, recs: list[dict]) -> None:
+    rows = [{**r, 'pose': np.asarray(r['pose']).tolist()} for r in recs]
+    tmp = path.with_suffix('.tmp')
+    tmp.write_text(json.dumps(rows), encoding='utf-8')
+    tmp.replace(path)
+
+
+def _load_records(path: Path) -> list[dict]:
+    return [{**r, 'pose': np.asarray(r['pose'])} for r in json.loads(path.read_text(encoding='utf-8'))]
+
+
 def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite: bool = False) -> Path:
-    """Write the synthetic dataroot to ``out`` (atomically: into a temporary folder renamed at the end)."""
+    """Write the synthetic dataroot to ``out``: into ``<out>.partial`` first, renamed when complete.
+
+    Resumable: every finished keyframe is recorded in ``<out>.partial/records/``; a run with the same parameters
+    that finds an interrupted ``.partial`` folder renders only the keyframes still missing (each keyframe is seeded on
+    its own, so the result is the same bytes as an uninterrupted run).
+    """
     from tqdm import tqdm
 
     cfg.validate()
@@ -321,12 +362,24 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite
     if unknown:
         raise ValueError(f'unknown scene(s) {unknown}; the tracks file has: {sorted(all_tracks)}')
     scenes = {n: all_tracks[n] for n in names}
-    tmp = out.with_name(out.name + f'.tmp-{os.getpid()}')
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    t0 = time.perf_counter()
+    plan = None
+    if cfg.drives:
+        from .drives import plan_drives
+        if progress:
+            print('mapkd-synth: planning virtual drives over the bundled maps ...', flush=True)
+        plan = plan_drives(source, cfg.plan_config())
+        scenes.update({d.name: d.scene for d in plan.drives})
+    tmp = out.with_name(out.name + '.partial')
+    params = json.dumps(_params(cfg), sort_keys=True)
+    if tmp.exists() and not ((tmp / 'params.json').is_file()
+                             and (tmp / 'params.json').read_text(encoding='utf-8') == params):
+        shutil.rmtree(tmp)  # left by a run with other parameters
     for folder in ('samples', 'sweeps'):
         for ch in (*CAMERAS, LIDAR):
             (tmp / folder / ch).mkdir(parents=True, exist_ok=True)
+    (tmp / 'records').mkdir(exist_ok=True)
+    (tmp / 'params.json').write_text(params, encoding='utf-8')
     tasks = []
     for name, scene in scenes.items():
         times = keyframe_times(scene, cfg.limit)
@@ -334,37 +387,54 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite
         for k, t in enumerate(times):
             t_next = all_times[k + 1] if k + 1 < len(all_times) else None
             tasks.append((str(tmp), name, k, t, t_next))
-    workers = cfg.workers or min(2, os.cpu_count() or 1)
     records: dict = {}
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(tasks), desc='mapkd-synth', unit='sample', disable=not progress)
-    if workers <= 1:
-        _init_worker(cfg, str(source))
-        for task in tasks:
-            name, k, recs = _run_task(task)
-            records[(name, k)] = recs
-            bar.update()
+    todo = []
+    for task in tasks:
+        rec_path = tmp / 'records' / f'{task[1]}__{task[2]:04d}.json'
+        if rec_path.is_file():
+            records[(task[1], task[2])] = _load_records(rec_path)
+        else:
+            todo.append(task)
+    if records and progress:
+        print(f'mapkd-synth: resuming {tmp}: {len(records)} of {len(tasks)} keyframes already rendered', flush=True)
+    drive_tracks = {d.name: d.scene for d in plan.drives} if plan else {}
+    workers = cfg.workers or min(2, os.cpu_count() or 1)
+    bar = tqdm(total=len(tasks), initial=len(records), desc='mapkd-synth', unit='keyframe', disable=not progress,
+               smoothing=0.05)
+
+    def done(name, k, recs):
+        _save_records(tmp / 'records' / f'{name}__{k:04d}.json', recs)
+        records[(name, k)] = recs
+        bar.update()
+
+    if workers <= 1 or len(todo) <= 1:
+        _init_worker(cfg, str(source), drive_tracks)
+        for task in todo:
+            done(*_run_task(task))
     else:
         ctx = mp.get_context('spawn')
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, str(source))) as pool:
-            for name, k, recs in pool.imap_unordered(_run_task, tasks):
-                records[(name, k)] = recs
-                bar.update()
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, str(source), drive_tracks)) as pool:
+            for result in pool.imap_unordered(_run_task, todo, chunksize=1):
+                done(*result)
     bar.close()
     rig = load_rig(source, cfg.width, cfg.height)
     tables = build_tables(cfg, rig, scenes, records)
     write_tables(tmp, cfg.version, tables, source / 'v1.0-mini')
-    (tmp / 'maps' / 'expansion').mkdir(parents=True)
-    for city in sorted({s.city for s in scenes.values()} | set()):
+    (tmp / 'maps' / 'expansion').mkdir(parents=True, exist_ok=True)
+    for city in sorted({s.city for s in scenes.values()}):
         shutil.copyfile(source / 'maps' / 'expansion' / f'{city}.json', tmp / 'maps' / 'expansion' / f'{city}.json')
     for row in tables['map']:
         # the devkit insists that the legacy semantic-prior mask named in map.json exists; nothing here reads it
         cv2.imwrite(str(tmp / row['filename']), np.zeros((8, 8), np.uint8))
     shutil.copyfile(source / 'LICENSE', tmp / 'LICENSE')
+    if plan is not None:
+        from .drives import keyframe_table, write_plan_files
+        write_plan_files(tmp, plan, keyframe_table(plan, source, cfg.limit))
     (tmp / 'README.md').write_text(_readme(cfg, scenes), encoding='utf-8')
-    params = {k: v for k, v in asdict(cfg).items() if k not in ('workers', 'source')}  # not part of the result
-    (tmp / 'synth.json').write_text(json.dumps({'generator_version': GENERATOR_VERSION, **params, 'scenes': names},
-                                               indent=1, sort_keys=True), encoding='utf-8')
+    (tmp / 'synth.json').write_text(json.dumps({'generator_version': GENERATOR_VERSION, **_params(cfg),
+                                                'scenes': names}, indent=1, sort_keys=True), encoding='utf-8')
+    shutil.rmtree(tmp / 'records')
+    (tmp / 'params.json').unlink()
     for folder in ('samples', 'sweeps'):  # drop empty sensor folders (no sweeps asked for)
         for ch_dir in (tmp / folder).iterdir():
             if not any(ch_dir.iterdir()):
@@ -374,10 +444,11 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    n = len(tasks)
+    n = len(todo)
     dt = time.perf_counter() - t0
     if progress:
-        print(f'mapkd-synth: {n} samples of {len(scenes)} scene(s) in {dt:.1f} s ({n / dt:.2f} samples/s) -> {out}')
+        print(f'mapkd-synth: {len(tasks)} keyframes of {len(scenes)} scene(s) ({n} rendered now) in {dt:.1f} s '
+              f'({n / max(dt, 1e-9):.2f} keyframes/s) -> {out}')
     return out
 
 
@@ -389,6 +460,10 @@ def _readme(cfg: SynthConfig, scenes: dict[str, SceneTracks]) -> str:
              f'Parameters: seed {cfg.seed}, {cfg.width}x{cfg.height} JPEG (quality {cfg.jpeg_quality}), '
              f'keyframes per scene {cfg.limit or "all"}, camera sweeps {cfg.camera_sweeps}, LiDAR sweeps '
              f'{cfg.lidar_sweeps}.', '', '| scene | city |', '| --- | --- |']
+    if cfg.drives:
+        lines[-3:-3] = ['Virtual drives (`drive-NNNNN`) follow the lane graph of the whole bundled maps; `splits.yaml` '
+                        'holds the geographically held-out splits geo_train / geo_val and `drives.json.gz` one row '
+                        'per drive keyframe (pose, split, what its patch holds) with a summary.', '']
     lines += [f'| {n} | {s.city} |' for n, s in sorted(scenes.items())]
     return '\n'.join(lines) + '\n'
 
@@ -402,13 +477,18 @@ def main(argv=None) -> int:
     p.add_argument('--width', type=int, default=800, help='image width (height = 9/16 of it); default 800')
     p.add_argument('--camera-sweeps', action='store_true', help='also write 12 Hz camera sweeps')
     p.add_argument('--lidar-sweeps', action='store_true', help='also write 20 Hz LiDAR sweeps')
+    p.add_argument('--drives', action='store_true',
+                   help='add virtual drives over the whole maps with the geo_train / geo_val splits')
+    p.add_argument('--train-keyframes', type=int, default=6000, help='with --drives: geo_train keyframes (at least)')
+    p.add_argument('--val-keyframes', type=int, default=1000, help='with --drives: geo_val keyframes (at least)')
     p.add_argument('--workers', type=int, default=0, help='processes (default: up to 2)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
     p.add_argument('--quiet', action='store_true')
     args = p.parse_args(argv)
     cfg = SynthConfig(scenes=tuple(s for s in args.scenes.split(',') if s), seed=args.seed, limit=args.limit,
                       width=args.width, camera_sweeps=args.camera_sweeps, lidar_sweeps=args.lidar_sweeps,
-                      workers=args.workers)
+                      workers=args.workers, drives=args.drives, train_keyframes=args.train_keyframes,
+                      val_keyframes=args.val_keyframes)
     try:
         generate(args.out, cfg, progress=not args.quiet, overwrite=args.overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as exc:

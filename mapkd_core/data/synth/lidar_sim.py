@@ -29,6 +29,7 @@ class LidarModel:
                                     -1).reshape(-1, 3)
         self.ring = np.repeat(np.arange(beams, dtype=np.float32), azimuths)
         self.dirs = self.dirs_sensor @ self.sensor_to_ego[:3, :3].T  # ego frame
+        self.ray_azimuth = np.arctan2(self.dirs[:, 1], self.dirs[:, 0])
         self.origin = self.sensor_to_ego[:3, 3]
         down = self.dirs[:, 2] < -1e-6
         self.ground_range = np.where(down, -self.origin[2] / np.where(down, self.dirs[:, 2], -1.0), np.inf)
@@ -43,10 +44,22 @@ class LidarModel:
         for i, b in enumerate(boxes):
             if np.hypot(b.x - self.origin[0], b.y - self.origin[1]) > self.max_range + max(b.lwh):
                 continue
+            # only the rays whose azimuth falls within the box's angular extent (plus a margin) can hit it
+            corners = b.corners()[:4, :2] - self.origin[:2]
+            centre_az = np.arctan2(b.y - self.origin[1], b.x - self.origin[0])
+            spread = np.abs((np.arctan2(corners[:, 1], corners[:, 0]) - centre_az + np.pi) % (2 * np.pi) - np.pi)
+            if np.hypot(b.x - self.origin[0], b.y - self.origin[1]) < max(b.lwh[:2]):
+                rays = np.arange(len(self.dirs))  # the sensor is at or in the box: test every ray
+            else:
+                delta = np.abs((self.ray_azimuth - centre_az + np.pi) % (2 * np.pi) - np.pi)
+                rays = np.nonzero(delta <= spread.max() + 0.02)[0]
+            if not len(rays):
+                continue
             c, s = np.cos(b.heading), np.sin(b.heading)
             rot = np.array([[c, s], [-s, c]])  # ego -> box frame (planar)
             o = np.array([*(rot @ (self.origin[:2] - [b.x, b.y])), self.origin[2]])
-            d = np.column_stack([self.dirs[:, :2] @ rot.T, self.dirs[:, 2]])
+            dirs = self.dirs[rays]
+            d = np.column_stack([dirs[:, :2] @ rot.T, dirs[:, 2]])
             lo = np.array([-b.lwh[0] / 2, -b.lwh[1] / 2, 0.0])
             hi = np.array([b.lwh[0] / 2, b.lwh[1] / 2, b.lwh[2]])
             with np.errstate(divide='ignore', invalid='ignore'):
@@ -56,9 +69,9 @@ class LidarModel:
             t_near = np.nanmax(np.minimum(t1, t2), axis=1)
             t_far = np.nanmin(np.maximum(t1, t2), axis=1)
             hit = (t_far >= t_near) & (t_near > 0.05)
-            closer = hit & (t_near < best)
-            best[closer] = t_near[closer]
-            which[closer] = i
+            closer = hit & (t_near < best[rays])
+            best[rays[closer]] = t_near[closer]
+            which[rays[closer]] = i
         return best, which
 
     def scan(self, ground: GroundPatch, sweep_ego_to_key_ego: np.ndarray, boxes: list[Box],

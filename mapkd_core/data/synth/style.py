@@ -1,4 +1,5 @@
-"""Per-sample appearance of the synthetic world: colours, exposure, tint, noise and worn markings, from a seed."""
+"""Per-sample appearance of the synthetic world, from a seed: colours, exposure, tint, noise, worn markings, a
+road-surface texture (grain and repaired patches) and the shadows of the agent boxes under a random sun."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ class Style:
     tint: np.ndarray
     noise_sigma: float
     wear: float  # fraction of paint worn away
+    sun_azimuth: float = 0.0  # radians, in the keyframe's ego frame
+    sun_elevation: float = 0.8  # radians above the horizon
+    shadow: float = 0.6  # brightness factor inside a shadow
+    grain: float = 6.0  # std of the per-texel road-surface grain, grey levels
+    patches: float = 0.15  # amplitude of darker / lighter repaired patches (relative)
 
     @classmethod
     def sample(cls, rng: np.random.Generator, city: str) -> 'Style':
@@ -42,7 +48,10 @@ class Style:
         haze = np.array([190, 195, 200], np.float32) * rng.uniform(0.85, 1.05)
         return cls(lut=lut, sky=np.clip(sky, 0, 255), haze=np.clip(haze, 0, 255),
                    exposure=float(rng.uniform(0.8, 1.2)), tint=rng.uniform(0.94, 1.06, 3).astype(np.float32),
-                   noise_sigma=float(rng.uniform(2.0, 6.0)), wear=float(rng.uniform(0.0, 0.3)))
+                   noise_sigma=float(rng.uniform(2.0, 6.0)), wear=float(rng.uniform(0.0, 0.3)),
+                   sun_azimuth=float(rng.uniform(-np.pi, np.pi)), sun_elevation=float(rng.uniform(0.5, 1.3)),
+                   shadow=float(rng.uniform(0.45, 0.75)), grain=float(rng.uniform(3.0, 10.0)),
+                   patches=float(rng.uniform(0.0, 0.25)))
 
 
 def wear_markings(classes: np.ndarray, wear: float, rng: np.random.Generator) -> np.ndarray:
@@ -60,17 +69,55 @@ def wear_markings(classes: np.ndarray, wear: float, rng: np.random.Generator) ->
 
 
 def colour_texture(classes: np.ndarray, style: Style, rng: np.random.Generator) -> np.ndarray:
-    """uint8 RGB texture of a class map, with low-frequency shading so that surfaces are not flat."""
-    tex = style.lut[classes]
+    """uint8 RGB texture of a class map: low-frequency shading everywhere, and on the road a fine grain and
+    repaired patches (blotches a few metres across), so that the asphalt is never one flat colour."""
     n = classes.shape[0]
-    shade = cv2.resize((0.9 + 0.2 * rng.random((max(2, n // 60), max(2, n // 60)))).astype(np.float32), (n, n),
+    low = max(2, n // 60)
+    shade = cv2.resize((0.9 + 0.2 * rng.random((low, low))).astype(np.float32), (n, n),
                        interpolation=cv2.INTER_LINEAR)
+    blotch = rng.random((max(2, n // 50), max(2, n // 50))).astype(np.float32) - 0.5
+    patch = cv2.resize(style.patches * np.sign(blotch) * (np.abs(blotch) > 0.25), (n, n),
+                       interpolation=cv2.INTER_LINEAR)
+    road = (classes == ROAD).astype(np.float32)  # masks as factors: much faster than boolean indexing here
+    shade *= 1.0 + patch * road
+    tex = style.lut[classes]
     tex *= shade[..., None]
-    return np.clip(tex, 0, 255).astype(np.uint8)
+    # grain at 2 texels (10 cm at the default resolution): a quarter of the random numbers, the same look
+    half = (n + 1) // 2
+    grain = cv2.resize(rng.standard_normal((half, half), dtype=np.float32) * np.float32(style.grain), (2 * half,) * 2,
+                       interpolation=cv2.INTER_NEAREST)[:n, :n]
+    tex += (grain * road)[..., None]
+    return np.clip(tex, 0, 255, out=tex).astype(np.uint8)
+
+
+def cast_shadows(texture: np.ndarray, ground, boxes, style: Style) -> None:
+    """Darken, in place, the ground texture under the shadow of every box: the convex hull of its footprint and
+    of its roof corners projected along the sun direction onto the ground (boxes in the texture's ego frame)."""
+    if not boxes:
+        return
+    reach = 1.0 / np.tan(style.sun_elevation)
+    away = -np.array([np.cos(style.sun_azimuth), np.sin(style.sun_azimuth)]) * reach
+    mask = np.zeros(texture.shape[:2], np.uint8)
+    for b in boxes:
+        foot = b.corners()[:4, :2]
+        pts = np.vstack([foot, foot + away * b.lwh[2]])
+        col, row = ground.to_pixel(pts[:, 0], pts[:, 1])
+        if (col.max() < 0 or row.max() < 0 or col.min() >= mask.shape[1] or row.min() >= mask.shape[0]):
+            continue
+        hull = cv2.convexHull(np.round(np.column_stack([col, row]) * 8).astype(np.int32))
+        cv2.fillConvexPoly(mask, hull, 1, shift=3)
+    if mask.any():
+        x, y, w, h = cv2.boundingRect(mask)
+        x0, y0 = max(0, x - 6), max(0, y - 6)
+        x1, y1 = min(mask.shape[1], x + w + 6), min(mask.shape[0], y + h + 6)
+        soft = cv2.GaussianBlur(mask[y0:y1, x0:x1].astype(np.float32), (0, 0), 1.5)
+        factor = 1.0 - (1.0 - style.shadow) * soft
+        region = texture[y0:y1, x0:x1]
+        region[:] = np.clip(region * factor[..., None], 0, 255).astype(np.uint8)
 
 
 def finish_image(img: np.ndarray, style: Style, rng: np.random.Generator) -> np.ndarray:
     """Exposure, tint and sensor noise; returns uint8 RGB."""
     out = img * (style.exposure * style.tint)[None, None, :]
-    out += rng.normal(0.0, style.noise_sigma, size=out.shape).astype(np.float32)
+    out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(style.noise_sigma)
     return np.clip(out, 0, 255).astype(np.uint8)
