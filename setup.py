@@ -48,6 +48,7 @@ setup(
             'mapkd-eval = mapkd_core.eval.cli:main',
             'mapkd-train = mapkd_core.train.cli:main',
             'mapkd-export = mapkd_core.runtime.cli:main',
+            'mapkd-import = mapkd_core.models.import_ref:main',
             'student_node = mapkd_ros.student_node:main',
             'mapkd-bag-convert = mapkd_ros.bag.convert:main',
             'mapkd-bag-play = mapkd_ros.bag.play:main',

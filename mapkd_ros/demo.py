@@ -92,9 +92,11 @@ class Recorder:
             time.sleep(0.1)
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
+        # bounded: an executor blocked in its wait set must not hang the demo (shutdown() without a timeout can)
+        self.executor.shutdown(timeout_sec=5.0)
         self.ctx.try_shutdown()
+        self.thread.join(timeout=5.0)
+        self.node.destroy_node()
 
 
 def _decode_markers(raw: bytes):

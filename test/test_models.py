@@ -185,8 +185,8 @@ def test_lift_splat_places_a_pixel_at_its_depth(keyframe):
         context = torch.zeros(1, 6, 4, fh, fw)
         context[0, cam, :, i, j] = torch.tensor([1.0, 2.0, 3.0, 4.0])
         bev = lss.splat(depth, context, lss.geometry(k[None], t[None]))[0]
-        u = (j + 0.5) * image.width / fw - 0.5
-        v = (i + 0.5) * image.height / fh - 0.5
+        u = j * (image.width - 1) / (fw - 1)  # LSS / MapKD: feature pixels spread linearly over 0 .. w-1
+        v = i * (image.height - 1) / (fh - 1)
         d = 4.0 + 2.0 * b
         p_cam = np.linalg.inv(k[cam].numpy()) @ np.array([u * d, v * d, d])
         p = keyframe.cam_to_ego[cam][:3, :3] @ p_cam + keyframe.cam_to_ego[cam][:3, 3]
@@ -293,8 +293,10 @@ def test_encoder_loads_a_local_efficientnet_pytorch_file(tmp_path):
     torch.manual_seed(9)
     reference = EfficientNet.from_name('efficientnet-b0', image_size=(64, 176))
     torch.save(reference.state_dict(), tmp_path / 'efficientnet-b0.pth')
+    # the edge student's default encoder is Lite0 (test_encoder_lite.py); the paper's B0 is one key away
+    b0 = {'name': 'efficientnet-b0'}
     cfg = load_model_config(config_path('models/student_edge.yaml'),
-                            {'encoder': {'weights': str(tmp_path / 'efficientnet-b0.pth')},
+                            {'encoder': {**b0, 'weights': str(tmp_path / 'efficientnet-b0.pth')},
                              'image': {'height': 64, 'width': 176}})
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # a weights file given: no "random initialisation" warning
@@ -306,13 +308,13 @@ def test_encoder_loads_a_local_efficientnet_pytorch_file(tmp_path):
     with pytest.warns(UserWarning, match='no ImageNet weights'):
         build_model(load_model_config(config_path('models/student_edge_tiny.yaml')))
     # a missing file, and a file for another network width, are errors naming the problem
-    bad = load_model_config(config_path('models/student_edge.yaml'), {'encoder': {'weights': 'nowhere/b0.pth'}})
+    bad = load_model_config(config_path('models/student_edge.yaml'), {'encoder': {**b0, 'weights': 'nowhere/b0.pth'}})
     with pytest.raises(FileNotFoundError, match='nowhere/b0.pth'):
         build_model(bad)
     narrow = EfficientNet.from_name('efficientnet-b0', width_coefficient=0.5)
     torch.save(narrow.state_dict(), tmp_path / 'narrow.pth')
-    wrong = load_model_config(config_path('models/student_edge.yaml'), {'encoder': {'weights': str(tmp_path /
-                                                                                                  'narrow.pth')}})
+    wrong = load_model_config(config_path('models/student_edge.yaml'), {'encoder': {**b0, 'weights': str(tmp_path /
+                                                                                                         'narrow.pth')}})
     with pytest.raises(WeightsMismatchError, match=r'wrong shape key\(s\): _conv_stem.weight'):
         build_model(wrong)
 

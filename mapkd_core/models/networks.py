@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..constants import CLASS_NAMES
 from ..errors import ConfigError
-from .blocks import BevDecoder, CamEncoder, ConvBev, ConvUp, FeatureExpansion, resize
+from .blocks import BevDecoder, CamEncoder, ConvBev, ConvUp, FeatureExpansion
 from .config import ModelConfig
 from .edge import EdgeNeck, GroundSampler
 from .view import IPM, MLPViewTransformer
@@ -193,12 +194,14 @@ class Student(MapModel):
         self._check_cameras(images)
         topdown = self.camera(images, cam_to_ego)
         bev = self.conv_bev(self.expand(topdown))
-        out = self.decoder(resize(bev, self.cfg.grid.shape))
+        # MapKD resizes the 1/8 feature back to the grid with align_corners=False (its other upsamplings use True)
+        up = F.interpolate(bev, size=tuple(self.cfg.grid.shape), mode='bilinear', align_corners=False)
+        out = self.decoder(up)
         return MapOutput(out['semantic'], out['embedding'], out['direction'], bev, {'camera_bev': topdown})
 
 
 class EdgeStudent(MapModel):
-    """Our edge student: EfficientNet-B0 (stride-8 output) -> geometric ground sampler + BEV coordinates -> light
+    """Our edge student: EfficientNet (Lite0 in its configs; stride-8 output) -> ground sampler + BEV coords -> light
     BEV neck with full-resolution heads (see models/edge.py)."""
 
     def __init__(self, cfg: ModelConfig):
@@ -249,6 +252,10 @@ class HdPriorModel(MapModel):
 
 MODELS: dict[str, type[MapModel]] = {'teacher': Teacher, 'coach': Coach, 'student': Student,
                                      'student_edge': EdgeStudent, 'hd_prior': HdPriorModel}
+
+from .hdmapnet import HdmapnetCam  # noqa: E402  (the paper's baseline; defined in its own module, needs the above)
+
+MODELS['hdmapnet_cam'] = HdmapnetCam
 
 
 def build_model(config: ModelConfig | str, overrides: Optional[dict] = None) -> MapModel:

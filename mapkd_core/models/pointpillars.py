@@ -14,8 +14,10 @@ Pipeline (method doc, PointPillars as used by HDMapNet / P-MapNet; written from 
 3. A shared PointNet layer (1x1 Conv1d + BatchNorm1d + ReLU) per point, then the mean of the point features of each
    pillar is written to a ``(B, point_channels, H, W)`` canvas (empty pillars are 0). Only valid points are fed to
    the PointNet, so padding rows never touch the BatchNorm statistics.
-4. A 2D backbone of three blocks (strides 1, 2, 4), a 3x3 conv on each block output, bilinear upsampling of the
-   coarser two to H x W, concatenation, and a head ``3x3 conv -> 3x3 conv -> 1x1 conv``.
+4. A 2D backbone of three blocks (strides 1, 2, 4); the coarser two block outputs are upsampled to H x W (bilinear,
+   align_corners, as HDMapNet's ``up2`` / ``up3``), then each of the three gets a 3x3 conv-BN-ReLU; concatenation and
+   a head ``3x3 conv -> 3x3 conv -> 1x1 conv``. (HDMapNet runs this backbone on the transposed (x, y) layout; the
+   importer transposes its kernels, which gives the same numbers on our (y, x) layout.)
 
 The head's two hidden widths are ``backbone_channels[2]`` and ``backbone_channels[1]`` (256 and 128 at the paper
 config: ``448 -> 256 -> 128 -> out_channels``), so small test configs stay small.
@@ -194,6 +196,7 @@ class PointPillarsEncoder(nn.Module):
         f3 = self.block3(f2)
         size = f1.shape[-2:]
         m1 = self.lateral1(f1)
-        m2 = F.interpolate(self.lateral2(f2), size=size, mode='bilinear', align_corners=False)
-        m3 = F.interpolate(self.lateral3(f3), size=size, mode='bilinear', align_corners=False)
+        # HDMapNet's up2 / up3: upsample (bilinear, align_corners) to full resolution first, then the 3x3 conv
+        m2 = self.lateral2(F.interpolate(f2, size=size, mode='bilinear', align_corners=True))
+        m3 = self.lateral3(F.interpolate(f3, size=size, mode='bilinear', align_corners=True))
         return self.head(torch.cat([m1, m2, m3], dim=1))

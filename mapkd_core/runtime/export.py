@@ -63,8 +63,9 @@ def export_onnx(model, out_path: str | Path, weights_path: str | Path | None = N
                 opset: int = DEFAULT_OPSET) -> Path:
     """Export a student to ONNX (static shapes, opset >= 16 for GridSample), with metadata, and check it."""
     import onnx
-    if model.cfg.name not in ('student', 'student_edge'):
-        raise ValueError(f'only the students run on the vehicle; {model.cfg.name} is not exported')
+    if model.cfg.name not in ('student', 'student_edge', 'hdmapnet_cam'):
+        raise ValueError(f'only the camera-only models (students, hdmapnet_cam) run on the vehicle; '
+                         f'{model.cfg.name} is not exported')
     if opset < 16:
         raise ValueError(f'opset {opset} is too old: GridSample needs opset 16 or later')
     out_path = Path(out_path)

@@ -54,8 +54,9 @@ class Pipeline:
         self.weights = Path(weights)
         self.model = load_model(self.weights)
         self.cfg = self.model.cfg
-        if self.cfg.name not in ('student', 'student_edge'):
-            raise ValueError(f'{weights} holds a {self.cfg.name}; the pipeline runs camera-only students')
+        if self.cfg.name not in ('student', 'student_edge', 'hdmapnet_cam'):
+            raise ValueError(f'{weights} holds a {self.cfg.name}; the pipeline runs camera-only models (students, '
+                             'hdmapnet_cam)')
         self.grid = self.cfg.grid
         self.cameras = tuple(self.cfg.image.cameras)
         self.frame_id = frame_id

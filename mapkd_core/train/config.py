@@ -107,7 +107,11 @@ class TrainConfig:
     #: mixed precision on CUDA ('auto' = on when training on a GPU; never on the CPU)
     amp: Literal['auto', 'on', 'off'] = 'auto'
     seed: int = 0
+    #: DataLoader worker processes (0 = load in the training process)
     workers: int = 0
+    #: cache what does not change between epochs and runs under $MAPKD_CACHE (train/cache.py): the decoded, resized
+    #: images, LiDAR and rasters of every sample, and the frozen teacher's and coach's outputs; same results
+    cache: bool = False
     loss: LossWeights = field(default_factory=LossWeights)
     distill: DistillConfig = field(default_factory=DistillConfig)
     hd_pretrain: HdPretrainConfig = field(default_factory=HdPretrainConfig)

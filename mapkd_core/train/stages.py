@@ -125,8 +125,9 @@ class Stage:
             raise ConfigError(f'stage hd_prior trains an hd_prior model, {cfg.model} is a {model.cfg.name}')
         if cfg.stage in ('teacher', 'coach') and model.cfg.name != cfg.stage:
             raise ConfigError(f'stage {cfg.stage} trains a {cfg.stage}, {cfg.model} is a {model.cfg.name}')
-        if cfg.stage == 'student' and model.cfg.name not in ('student', 'student_edge'):
-            raise ConfigError(f'stage student trains a student or student_edge, {cfg.model} is a {model.cfg.name}')
+        if cfg.stage == 'student' and model.cfg.name not in ('student', 'student_edge', 'hdmapnet_cam'):
+            raise ConfigError(f'stage student trains a student, student_edge or hdmapnet_cam (the paper\'s baseline), '
+                              f'{cfg.model} is a {model.cfg.name}')
         self.init_report = init_from(model, cfg.init) if cfg.init and cfg.init.path else None
         for name, p in model.named_parameters():
             if any(name.startswith(f) for f in cfg.freeze):
@@ -140,6 +141,12 @@ class Stage:
                                       model.cfg.image.cameras):
                 raise ConfigError(f'the {role} ({other.cfg.name}) was trained on another grid or camera set than '
                                   f'the {model.cfg.name}: {other.cfg.grid} vs {model.cfg.grid}')
+            if other is not None and (tuple(other.cfg.image.mean) != tuple(model.cfg.image.mean) or
+                                      tuple(other.cfg.image.std) != tuple(model.cfg.image.std)):
+                raise ConfigError(f'the {role} ({other.cfg.name}) normalises its images with mean '
+                                  f'{list(other.cfg.image.mean)} / std {list(other.cfg.image.std)}, the '
+                                  f'{model.cfg.name} with {list(model.cfg.image.mean)} / {list(model.cfg.image.std)}: '
+                                  f'they share one batch of images, so both must use the same image.mean/std')
             if other is not None and d.uses_tgpd and other.cfg.bev_channels != model.cfg.bev_channels:
                 raise ConfigError(f'TGPD needs the same BEV channels: {role} {other.cfg.bev_channels} vs '
                                   f'{model.cfg.bev_channels}')
@@ -156,8 +163,9 @@ class Stage:
             if m is not None:
                 needed |= set(m.inputs)
         mc = self.model.cfg
-        image = replace(base.image, height=mc.image.height, width=mc.image.width, cameras=mc.image.cameras) \
-            if self.cfg.stage != 'hd_prior' else base.image
+        # the images are the model's: its size, cameras and normalisation (the one its encoder weights expect)
+        image = replace(base.image, height=mc.image.height, width=mc.image.width, cameras=mc.image.cameras,
+                        mean=mc.image.mean, std=mc.image.std) if self.cfg.stage != 'hd_prior' else base.image
         ds = replace(base.dataset, load_images='images' in needed, load_lidar='lidar' in needed,
                      load_sd_prior='sd_prior' in needed, load_map_gt=True)
         return replace(base, grid=mc.grid, image=image, dataset=ds)

@@ -32,6 +32,7 @@ from ..constants import CLASS_NAMES
 from ..data.dataset import MapDataset, collate
 from ..eval.iou import IoUMeter
 from ..models.io import model_config_yaml, save_weights
+from .cache import CachedMapDataset, FrozenOutputCache, data_key
 from .config import TrainConfig
 from .stages import Stage
 
@@ -70,12 +71,20 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
         self.stage = Stage(cfg, self.device)
         self.data_cfg = self.stage.data_config()
-        self.train_set = MapDataset(self.data_cfg, split=cfg.train_split)
+        dataset = CachedMapDataset if cfg.cache else MapDataset
+        self.train_set = dataset(self.data_cfg, split=cfg.train_split)
+        # frozen teacher / coach outputs, cached per sample (keyed by the training data and the weights files)
+        self.frozen_caches = {}
+        if cfg.cache:
+            key = data_key(self.train_set)
+            for role, path in (('teacher', cfg.teacher), ('coach', cfg.coach)):
+                if getattr(self.stage, role) is not None:
+                    self.frozen_caches[role] = FrozenOutputCache(role, path, key)
         if cfg.train_limit:
             self.train_set.frames = self.train_set.frames[:cfg.train_limit]
         self.val_set = None
         if cfg.val_split and cfg.val_every:
-            self.val_set = MapDataset(self.data_cfg, split=cfg.val_split)
+            self.val_set = dataset(self.data_cfg, split=cfg.val_split)
             if cfg.val_limit:
                 self.val_set.frames = self.val_set.frames[:cfg.val_limit]
         self.module = self.stage.module
@@ -116,7 +125,8 @@ class Trainer:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
         saved_cfg = yaml.safe_load(ckpt['train_config'])
         now = to_dict(self.cfg)
-        changed = sorted(k for k in now if k not in ('epochs',) and saved_cfg.get(k) != now[k])
+        # caching changes no result: a run may resume with it switched on or off
+        changed = sorted(k for k in now if k not in ('epochs', 'cache') and saved_cfg.get(k) != now[k])
         if changed:
             raise ValueError(f'{path} was written by a run with another config (different: {changed}); use another '
                              f'output folder or --no-resume')
@@ -178,7 +188,7 @@ class Trainer:
             batch = self._to_device(batch)
             gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed * 1000003 + epoch * 10007 + i)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                teacher_out, coach_out = self.stage.frozen_outputs(batch)
+                teacher_out, coach_out = self.frozen_outputs(batch)
                 losses = runner(batch, teacher_out, coach_out, self.stage.model_input(batch, gen))
             loss = losses['total']
             if not torch.isfinite(loss):
@@ -202,6 +212,25 @@ class Trainer:
                                             **{k: float(v.detach()) for k, v in losses.items()}})
         bar.close()
         return {k: v / max(n, 1) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def frozen_outputs(self, batch: dict):
+        """The frozen teacher's and coach's outputs for the batch: from the cache when ``cache`` is on (computed and
+        stored the first time a sample is seen), else computed."""
+        if not self.frozen_caches:
+            return self.stage.frozen_outputs(batch)
+        outs = []
+        for role in ('teacher', 'coach'):
+            model, cache = getattr(self.stage, role), self.frozen_caches.get(role)
+            if model is None:
+                outs.append(None)
+                continue
+            out = cache.get(batch['token'], self.device)
+            if out is None:
+                out = model.forward_batch(batch)
+                cache.put(batch['token'], out)
+            outs.append(out)
+        return tuple(outs)
 
     @torch.no_grad()
     def validate(self) -> dict:

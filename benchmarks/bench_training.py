@@ -1,0 +1,221 @@
+"""Training throughput of the CPU-size recipes: samples/s per stage, uncached against cached (train/cache.py),
+and the data loader alone; then what the recipes' step budgets cost (a measurement, not a test).
+
+Every stage runs its shipped recipe (config/train/*_cpu.yaml) with untrained frozen teacher / coach packages (the
+speed does not depend on their training) on the data given (default: the recipes' own synthetic drives when that
+dataset is already generated, else the synthetic mini_train scenes). A timed run is ``--steps`` optimiser steps of
+``--batch`` samples through ``Trainer.train_epoch`` (loading, frozen models, forward, backward, Adam); the median of
+``--repeats`` runs after one warm-up run is reported. "uncached" reads and decodes every sample and runs the frozen
+models; "cached" reads the caches filled by the warm-up. The caches live in a temporary folder, not in
+$MAPKD_CACHE. The machine's load average is recorded: other processes on the machine slow every number down.
+
+    python -m benchmarks.bench_training [--batch 2] [--steps 3] [--repeats 3] [--threads 1] [--workers 1]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from benchmarks.harness import write_result
+
+STAGES = ('hd_prior_cpu', 'teacher_cpu', 'coach_cpu', 'student_edge_cpu_baseline', 'student_edge_cpu')
+#: the ablation the budget is for: stage -> runs (3 seeds of each student)
+RUNS = {'hd_prior_cpu': 1, 'teacher_cpu': 1, 'coach_cpu': 1, 'student_edge_cpu_baseline': 3, 'student_edge_cpu': 3}
+
+
+def default_data() -> tuple[str, str]:
+    """(data config, train split): the recipes' synthetic drives when generated, else the synthetic mini_train."""
+    from mapkd_core.data.synth.cache import DRIVES, cache_key, cache_root
+    if (cache_root() / f'synth-{cache_key(DRIVES)}' / 'synth.json').is_file():
+        return 'data/synthetic_drives.yaml', 'geo_train'
+    return 'data/synthetic.yaml', 'mini_train'
+
+
+def frozen_packages(folder: Path) -> dict:
+    import torch
+
+    from mapkd_core.models import build_model, save_weights
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return {name: save_weights(build_model(f'{name}_cpu'), folder / f'{name}.safetensors')
+                for name in ('hd_prior', 'teacher', 'coach')}
+
+
+def recipe(stage: str, data: str, split: str, frozen: dict, batch: int, steps: int, dataroot: str, **over):
+    import yaml
+
+    from mapkd_core.config import from_dict, merge
+    from mapkd_core.paths import config_dir
+    from mapkd_core.train.config import TrainConfig
+    cfg = yaml.safe_load((config_dir() / 'train' / f'{stage}.yaml').read_text())
+    cfg.update({'data': data, 'train_split': split, 'val_split': None, 'epochs': 1, 'batch_size': batch,
+                'train_limit': batch * steps, 'log_every': 0,
+                'data_overrides': merge(cfg.get('data_overrides') or {}, {'dataset': {'dataroot': dataroot}})})
+    for role in ('teacher', 'coach'):
+        if role in cfg:
+            cfg[role] = str(frozen[role])
+    if 'init' in cfg:
+        cfg['init']['path'] = str(frozen['hd_prior'])
+    cfg.update(over)
+    return from_dict(TrainConfig, cfg, source=f'{stage} (benchmark)')
+
+
+def time_stage(cfg, out: Path, repeats: int) -> dict:
+    """Median seconds per sample of ``repeats`` train_epoch runs after one warm-up run (which fills the caches)."""
+    from mapkd_core.train.trainer import Trainer
+    trainer = Trainer(cfg, out, progress=False, resume=False)
+    n = len(trainer.train_set) // cfg.batch_size * cfg.batch_size
+    trainer.train_epoch(0)
+    runs = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        trainer.train_epoch(r + 1)
+        runs.append((time.perf_counter() - t0) / n)
+    return {'seconds_per_sample': statistics.median(runs), 'samples_per_s': 1.0 / statistics.median(runs),
+            'runs_seconds_per_sample': runs, 'samples_per_run': n}
+
+
+def time_loader(cfg, out: Path, repeats: int) -> dict:
+    """Samples/s of the training DataLoader alone (no model), after one warm-up pass."""
+    from mapkd_core.train.trainer import Trainer
+    trainer = Trainer(cfg, out, progress=False, resume=False)
+    runs = []
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        n = sum(len(b['token']) for b in trainer._loader(r))
+        if r:
+            runs.append((time.perf_counter() - t0) / n)
+    return {'samples_per_s': 1.0 / statistics.median(runs), 'runs_seconds_per_sample': runs}
+
+
+def run(stages, batch: int, steps: int, repeats: int, data: str | None, split: str | None,
+        threads_check: bool = True, threads: int = 1, workers: int = 1) -> dict:
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    import torch
+    default_threads = torch.get_num_threads()
+    if data is None:
+        data, split = default_data()
+    work = Path(tempfile.mkdtemp(prefix='mapkd-bench-training-'))
+    saved_cache = os.environ.get('MAPKD_CACHE')
+    results: dict = {}
+    try:
+        frozen = frozen_packages(work)
+        # the synthetic dataroot is found through MAPKD_CACHE: generate or find it first, then point the training
+        # caches at the temporary folder (the dataroot's path is resolved once, in the data config)
+        from mapkd_core.config import load_yaml
+        from mapkd_core.paths import resolve_data_path
+        from mapkd_core.train.stages import resolve_config_path
+        root = str(resolve_data_path(load_yaml(resolve_config_path(data))['dataset']['dataroot']))
+        os.environ['MAPKD_CACHE'] = str(work / 'cache')
+        torch.set_num_threads(threads)
+        for stage in stages:
+            row = {}
+            for cached in (False, True):
+                cfg = recipe(stage, data, split, frozen, batch, steps, root, cache=cached, workers=workers)
+                row['cached' if cached else 'uncached'] = time_stage(cfg, work / stage, repeats)
+                print(f'{stage}: {"cached" if cached else "uncached"} '
+                      f'{row["cached" if cached else "uncached"]["samples_per_s"]:.2f} samples/s', flush=True)
+            row['cache_speedup'] = row['cached']['samples_per_s'] / row['uncached']['samples_per_s']
+            results[stage] = row
+        loader = {}
+        for cached in (False, True):
+            for workers in (0, 1):
+                cfg = recipe('student_edge_cpu', data, split, frozen, batch, steps, root, cache=cached,
+                             workers=workers)
+                key = f'{"cached" if cached else "uncached"}_workers{workers}'
+                loader[key] = time_loader(cfg, work / 'loader', repeats)
+                print(f'loader {key}: {loader[key]["samples_per_s"]:.1f} samples/s', flush=True)
+        threads_rows = {}
+        if threads_check:
+            for n_threads, n_workers in ((1, 0), (2, 0), (1, 1), (2, 1)):
+                torch.set_num_threads(n_threads)
+                cfg = recipe('student_edge_cpu_baseline', data, split, frozen, batch, steps, root, cache=True,
+                             workers=n_workers)
+                key = f'threads{n_threads}_workers{n_workers}'
+                threads_rows[key] = time_stage(cfg, work / 'threads', repeats)
+                print(f'student baseline, cached, {n_threads} torch threads, {n_workers} workers: '
+                      f'{threads_rows[key]["samples_per_s"]:.2f} samples/s', flush=True)
+    finally:
+        torch.set_num_threads(default_threads)
+        if saved_cache is None:
+            os.environ.pop('MAPKD_CACHE', None)
+        else:
+            os.environ['MAPKD_CACHE'] = saved_cache
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+    plan = budget(results)
+    payload = {'data': data, 'split': split, 'batch_size': batch, 'steps_per_run': steps, 'repeats': repeats,
+               'torch_threads': threads, 'workers': workers, 'load_average_1_5_15': list(os.getloadavg()),
+               'stages': results, 'loader': loader, 'threads_and_workers': threads_rows, 'budget': plan}
+    path = write_result('training', payload)
+    print(table(results, plan))
+    print(f'-> {path}')
+    return payload
+
+
+def budget(results: dict) -> dict:
+    """Minutes of the shipped CPU recipes' schedules (epochs x train_limit samples) at the cached speed; the first
+    epoch of a run fills the caches at the uncached speed unless an earlier run (another seed) did."""
+    from mapkd_core.paths import config_dir
+    from mapkd_core.train.config import load_train_config
+    out, total = {}, 0.0
+    for stage, row in results.items():
+        cfg = load_train_config(config_dir() / 'train' / f'{stage}.yaml')
+        samples = cfg.epochs * cfg.train_limit
+        first = cfg.train_limit / row['uncached']['samples_per_s']
+        rest = (samples - cfg.train_limit) / row['cached']['samples_per_s']
+        later = samples / row['cached']['samples_per_s']
+        runs = RUNS.get(stage, 1)
+        minutes = (first + rest + (runs - 1) * later) / 60
+        out[stage] = {'runs': runs, 'steps_per_run': samples // cfg.batch_size, 'samples_per_run': samples,
+                      'minutes_all_runs': round(minutes, 1)}
+        total += minutes
+    out['total_minutes'] = round(total, 1)
+    return out
+
+
+def table(results: dict, plan: dict) -> str:
+    lines = ['| stage | uncached samples/s | cached samples/s | speed-up | runs x steps | minutes (all runs) |',
+             '| --- | --- | --- | --- | --- | --- |']
+    for stage, row in results.items():
+        p = plan[stage]
+        lines.append(f'| {stage} | {row["uncached"]["samples_per_s"]:.2f} | {row["cached"]["samples_per_s"]:.2f} | '
+                     f'{row["cache_speedup"]:.2f}x | {p["runs"]} x {p["steps_per_run"]} | {p["minutes_all_runs"]} |')
+    lines.append(f'| total | | | | | {plan["total_minutes"]} |')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--stages', default=','.join(STAGES))
+    p.add_argument('--batch', type=int, default=2)
+    p.add_argument('--steps', type=int, default=3, help='optimiser steps per timed run')
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--data', default=None, help='data config (default: synthetic drives if generated)')
+    p.add_argument('--split', default=None)
+    p.add_argument('--threads', type=int, default=1, help='torch threads of the per-stage runs (1: see README)')
+    p.add_argument('--workers', type=int, default=1, help='DataLoader workers of the per-stage runs')
+    p.add_argument('--no-threads', action='store_true', help='skip the torch threads / workers comparison')
+    p.add_argument('--plan', action='store_true', help='only recompute the budget of the shipped recipes from the '
+                                                       'last results (benchmarks/results/training.json)')
+    args = p.parse_args(argv)
+    if args.plan:
+        import json
+        from benchmarks.harness import RESULTS_DIR
+        doc = json.loads((RESULTS_DIR / 'training.json').read_text())
+        doc['budget'] = budget(doc['stages'])
+        (RESULTS_DIR / 'training.json').write_text(json.dumps(doc, indent=2) + '\n')
+        print(table(doc['stages'], doc['budget']))
+        return
+    run(args.stages.split(','), args.batch, args.steps, args.repeats, args.data, args.split or None,
+        threads_check=not args.no_threads, threads=args.threads, workers=args.workers)
+
+
+if __name__ == '__main__':
+    main()

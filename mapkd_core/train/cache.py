@@ -1,0 +1,154 @@
+"""Training caches: what does not change between epochs (and between runs) is computed once and read back.
+
+* :class:`CachedMapDataset` stores each sample's :meth:`MapDataset.raw` arrays (the six decoded, resized camera
+  images as uint8, intrinsics, the LiDAR points, the map rasters, the SD raster) in one ``.npz`` file. Normalisation,
+  padding and tensors are applied on every read, so an item read from the cache equals the uncached item exactly.
+* :class:`FrozenOutputCache` stores the frozen teacher's and coach's outputs (``semantic`` logits and the ``bev``
+  feature, the only parts MSRD and TGPD read) per sample token, so the student stages run each frozen model once per
+  sample instead of once per sample and epoch, and the three seeds of a recipe share them. This is valid because the
+  frozen models run in eval mode (no dropout, batch norm with running statistics) on inputs that are a fixed
+  function of the sample: the data pipeline has no random augmentation. Whoever adds one must bypass this cache
+  for augmented samples (the data cache stays valid if the augmentation is applied after :meth:`MapDataset.raw`).
+
+Both live under the project cache root (``$MAPKD_CACHE``, default ``~/.cache/mapkd``) in a folder named by a key
+over everything that determines their content: the data config (grid, image size and normalisation, cameras, map
+ground truth and SD settings, dataset options), the resolved dataroot and the size and modification time of its
+tables, the split's sample tokens, a digest of the data-layer code, and for the frozen outputs the SHA-256 of each
+frozen weights file. A change of any of these gives a new folder; nothing stale is ever reused. Files are written
+to a temporary name and renamed, so concurrent DataLoader workers and interrupted runs never leave half a file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import to_dict
+from ..data.dataset import MapDataset
+
+#: bump when the layout of the cached files changes
+CACHE_VERSION = 1
+
+
+def cache_root() -> Path:
+    from ..data.synth.cache import cache_root as root
+    return root()
+
+
+def _code_digest() -> str:
+    """Digest of the data layer's code (not the synthetic generator's, whose output is keyed by its own cache)."""
+    h = hashlib.sha256()
+    data_dir = Path(__file__).resolve().parent.parent / 'data'
+    for path in sorted(data_dir.glob('*.py')):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _tables_stamp(dataroot: Path, version: str) -> list:
+    tables = Path(dataroot) / version
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in tables.glob('*.json')) \
+        if tables.is_dir() else []
+
+
+def data_key(ds: MapDataset) -> str:
+    """Key of a dataset's cached samples (see the module docstring)."""
+    cfg = ds.cfg
+    doc = {'version': CACHE_VERSION, 'config': to_dict(cfg), 'dataroot': str(Path(ds.dataroot).resolve()),
+           'tables': _tables_stamp(ds.dataroot, cfg.dataset.version), 'code': _code_digest(),
+           'tokens': [f.token for f in ds.frames]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file (the same digest the ONNX export records for its weights)."""
+    from ..runtime.export import file_sha256
+    return file_sha256(path)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f'{path.name}.{uuid.uuid4().hex}.tmp')
+    try:
+        with open(tmp, 'wb') as fh:
+            write(fh)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class CachedMapDataset(MapDataset):
+    """A :class:`MapDataset` whose :meth:`raw` arrays are read from (or, the first time, written to) the cache."""
+
+    def __init__(self, *args, root: str | Path | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cache_dir = Path(root or cache_root()) / 'train-data' / data_key(self)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, i: int) -> Path:
+        return self.cache_dir / f'{self.frames[i].token}.npz'
+
+    def raw(self, i: int) -> dict[str, np.ndarray]:
+        path = self._path(i)
+        if path.is_file():
+            try:
+                with np.load(path) as z:
+                    return {k: z[k] for k in z.files}
+            except (OSError, ValueError, EOFError):  # damaged (e.g. disk full): recompute and rewrite it
+                pass
+        raw = super().raw(i)
+        _atomic_write(path, lambda fh: np.savez(fh, **raw))
+        return raw
+
+    def cached_fraction(self) -> float:
+        return sum(self._path(i).is_file() for i in range(len(self))) / max(len(self), 1)
+
+
+class CachedOutput:
+    """The parts of a frozen model's ``MapOutput`` that the distillation losses read."""
+
+    def __init__(self, semantic: torch.Tensor, bev: torch.Tensor):
+        self.semantic = semantic
+        self.bev = bev
+
+
+class FrozenOutputCache:
+    """Per-sample ``semantic`` and ``bev`` outputs of one frozen model (teacher or coach) over one dataset."""
+
+    def __init__(self, role: str, weights: str | Path, dataset_key: str, root: str | Path | None = None):
+        key = hashlib.sha256(json.dumps({'version': CACHE_VERSION, 'role': role, 'data': dataset_key,
+                                         'weights': file_digest(weights)}).encode()).hexdigest()[:20]
+        self.role = role
+        self.dir = Path(root or cache_root()) / 'train-frozen' / key
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, token: str) -> Path:
+        return self.dir / f'{token}.pt'
+
+    def get(self, tokens: list[str], device) -> CachedOutput | None:
+        """The batch's outputs when every token is cached, else None."""
+        paths = [self._path(t) for t in tokens]
+        if not all(p.is_file() for p in paths):
+            return None
+        try:
+            parts = [torch.load(p, map_location='cpu', weights_only=True) for p in paths]
+        except Exception:  # a damaged file: recompute the batch
+            return None
+        return CachedOutput(torch.stack([p['semantic'] for p in parts]).to(device),
+                            torch.stack([p['bev'] for p in parts]).to(device))
+
+    def put(self, tokens: list[str], out) -> None:
+        semantic = out.semantic.detach().float().cpu()
+        bev = out.bev.detach().float().cpu()
+        for i, token in enumerate(tokens):
+            entry = {'semantic': semantic[i].clone(), 'bev': bev[i].clone()}
+            _atomic_write(self._path(token), lambda fh, e=entry: torch.save(e, fh))
+
+
+__all__ = ['CACHE_VERSION', 'CachedMapDataset', 'CachedOutput', 'FrozenOutputCache', 'cache_root', 'data_key',
+           'file_digest']

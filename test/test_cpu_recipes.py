@@ -1,0 +1,133 @@
+"""The CPU-size recipes (config/train/*_cpu.yaml) build and take a training step, and the training caches
+(train/cache.py) give the same first-batch loss as uncached training, under keys that change with the data."""
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mapkd_core.data.synth import SynthConfig
+from mapkd_core.data.synth.cache import synthetic_dataroot
+from mapkd_core.models import build_model, save_weights
+from mapkd_core.models.efficientnet_lite import LITE_MEAN
+from mapkd_core.paths import config_dir
+from mapkd_core.train.config import load_train_config
+from mapkd_core.train.trainer import Trainer
+
+pytestmark = pytest.mark.filterwarnings('ignore:no ImageNet weights')
+RECIPES = ('hd_prior_cpu', 'teacher_cpu', 'coach_cpu', 'student_edge_cpu_baseline', 'student_edge_cpu')
+
+
+@pytest.fixture(scope='module')
+def small_data(tmp_path_factory):
+    """A data config over the small synthetic dataroot (scene-0061 in mini_train); the recipes' own dataset
+    (synthetic_drives, geo_train) is far too large to generate in a test."""
+    root = synthetic_dataroot(SynthConfig(scenes=('scene-0061', 'scene-0103', 'scene-0916'), limit=3), progress=False)
+    path = tmp_path_factory.mktemp('cfg') / 'data.yaml'
+    path.write_text(yaml.safe_dump({'dataset': {'dataroot': str(root), 'version': 'v1.0-mini'}}))
+    return path
+
+
+@pytest.fixture(scope='module')
+def cpu_frozen(tmp_path_factory):
+    """Untrained CPU-size hd_prior, teacher and coach packages (ImageNet encoders, the rest random)."""
+    d = tmp_path_factory.mktemp('frozen_cpu')
+    torch.manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return {name: save_weights(build_model(f'{name}_cpu'), d / f'{name}.safetensors')
+                for name in ('hd_prior', 'teacher', 'coach')}
+
+
+def recipe(name: str, data: Path, frozen: dict, **over) -> dict:
+    cfg = yaml.safe_load((config_dir() / 'train' / f'{name}.yaml').read_text())
+    cfg.update({'data': str(data), 'train_split': 'mini_train', 'val_split': None, 'epochs': 1, 'train_limit': 1,
+                'batch_size': 1, 'workers': 0, 'cache': False, 'log_every': 1})
+    for role in ('teacher', 'coach'):
+        if role in cfg:
+            cfg[role] = str(frozen[role])
+    if 'init' in cfg:
+        cfg['init']['path'] = str(frozen['hd_prior'])
+    cfg.update(over)
+    return cfg
+
+
+def write(tmp_path: Path, name: str, cfg: dict) -> Path:
+    path = tmp_path / f'{name}.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize('name', RECIPES)
+def test_cpu_recipe_builds_and_takes_a_training_step(name, tmp_path, small_data, cpu_frozen):
+    shipped = load_train_config(config_dir() / 'train' / f'{name}.yaml')
+    assert (shipped.data, shipped.train_split, shipped.val_split) == ('data/synthetic_drives.yaml', 'geo_train',
+                                                                      'geo_val')
+    cfg = load_train_config(write(tmp_path, name, recipe(name, small_data, cpu_frozen)))
+    trainer = Trainer(cfg, tmp_path / 'run', progress=False)
+    model = trainer.stage.model
+    assert model.cfg.grid.shape == (100, 200)
+    if name != 'hd_prior_cpu':
+        assert (model.cfg.image.height, model.cfg.image.width) == (128, 352)
+        assert trainer.data_cfg.image.mean == pytest.approx(LITE_MEAN)  # the data follow the model's normalisation
+        frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+        assert frozen and all('.trunk._' in n for n in frozen)  # the encoder's stem and first stages only
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    result = trainer.fit()
+    assert result['steps'] == 1
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert len(moved) > len(before) // 2, f'{name}: only {len(moved)} of {len(before)} parameters moved'
+    assert torch.isfinite(torch.tensor(result['history'][-1]['train_total']))
+
+
+def first_batch_losses(cfg_path: Path, out: Path) -> dict:
+    trainer = Trainer(load_train_config(cfg_path), out, progress=False, resume=False)
+    torch.manual_seed(0)
+    batch = trainer._to_device(next(iter(trainer._loader(0))))
+    trainer.module.eval()  # no dropout: the same loss from the same inputs
+    with torch.no_grad():
+        teacher_out, coach_out = trainer.frozen_outputs(batch)
+        losses = trainer.module(batch, teacher_out, coach_out)
+    return {k: float(v) for k, v in losses.items()}, trainer
+
+
+def test_cached_and_uncached_training_give_the_same_first_batch_loss(tmp_path, small_data, monkeypatch):
+    """The MapKD student stage (TGPD + MSRD from teacher and coach, tiny models for speed): the loss of the first
+    batch read uncached, while the caches fill, and from the caches."""
+    monkeypatch.setenv('MAPKD_CACHE', str(tmp_path / 'cache'))
+    torch.manual_seed(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        teacher = save_weights(build_model('teacher_tiny'), tmp_path / 'teacher.safetensors')
+        coach = save_weights(build_model('coach_tiny'), tmp_path / 'coach.safetensors')
+    base = {'stage': 'student', 'model': 'student_edge_tiny', 'data': str(small_data), 'train_split': 'mini_train',
+            'val_split': None, 'teacher': str(teacher), 'coach': str(coach), 'train_limit': 4, 'batch_size': 2,
+            'distill': {'msrd_teacher': 0.75, 'msrd_coach': 0.001, 'tgpd_teacher': 0.5, 'tgpd_coach': 0.01},
+            'data_overrides': {'map_gt': {'line_width': 2, 'overlap_extra_width': 2}}}
+    plain, _ = first_batch_losses(write(tmp_path, 'plain', {**base, 'cache': False}), tmp_path / 'a')
+    filling, trainer = first_batch_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'b')
+    data_dir = trainer.train_set.cache_dir
+    frozen_dirs = {role: c.dir for role, c in trainer.frozen_caches.items()}
+    assert set(frozen_dirs) == {'teacher', 'coach'}
+    assert len(list(data_dir.glob('*.npz'))) >= 2 and all(len(list(d.glob('*.pt'))) == 2
+                                                         for d in frozen_dirs.values())
+    cached, trainer = first_batch_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'c')
+    assert trainer.train_set.cache_dir == data_dir  # the same key: read back, not recomputed
+    for k, v in plain.items():
+        assert filling[k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
+        assert cached[k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
+    assert {'msrd', 'tgpd', 'seg'} <= set(plain)
+    # another data setting, or other frozen weights, never reuse these entries
+    other = {**base, 'cache': True, 'data_overrides': {'map_gt': {'line_width': 3, 'overlap_extra_width': 2}}}
+    t2 = Trainer(load_train_config(write(tmp_path, 'other', other)), tmp_path / 'd', progress=False)
+    assert t2.train_set.cache_dir != data_dir and t2.frozen_caches['teacher'].dir != frozen_dirs['teacher']
+    torch.manual_seed(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        teacher2 = save_weights(build_model('teacher_tiny'), tmp_path / 'teacher2.safetensors')
+    t3 = Trainer(load_train_config(write(tmp_path, 'other_t', {**base, 'cache': True, 'teacher': str(teacher2)})),
+                 tmp_path / 'e', progress=False)
+    assert t3.train_set.cache_dir == data_dir
+    assert t3.frozen_caches['teacher'].dir != frozen_dirs['teacher']
+    assert t3.frozen_caches['coach'].dir == frozen_dirs['coach']
