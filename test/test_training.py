@@ -215,3 +215,10 @@ def test_bad_training_configs_are_named(tmp_path, data_yaml, frozen_weights):
 def test_every_shipped_experiment_config_loads(path):
     cfg = load_train_config(path)
     assert cfg.stage in ('hd_prior', 'teacher', 'coach', 'student')
+
+
+def test_train_limit_spreads_over_the_split():
+    from mapkd_core.train.trainer import spread
+    assert spread(list(range(10)), 3) == [0, 3, 6]  # not the first three: frames are sorted by scene
+    assert spread(list(range(10)), 1) == [0]
+    assert spread(list(range(4)), 9) == [0, 1, 2, 3]

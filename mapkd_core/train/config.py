@@ -117,7 +117,7 @@ class TrainConfig:
     hd_pretrain: HdPretrainConfig = field(default_factory=HdPretrainConfig)
     #: validation every N epochs (IoU on val_split); 0 = never
     val_every: int = 1
-    #: limit samples per epoch / for validation (0 = all): quick experiments and tests
+    #: limit samples per epoch / for validation (0 = all), evenly spaced over the split (trainer.spread)
     train_limit: int = 0
     val_limit: int = 0
     log_every: int = 10

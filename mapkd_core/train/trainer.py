@@ -54,6 +54,15 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+
+def spread(frames: list, limit: int) -> list:
+    """``limit`` frames evenly spaced over the split (the first one included), not its first ``limit``: frames are
+    sorted by scene, so a prefix would be a few scenes in one place (e.g. the first drives of geo_train)."""
+    if limit >= len(frames):
+        return frames
+    step = len(frames) / limit
+    return [frames[int(i * step)] for i in range(limit)]
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, device: str | None = None, resume: bool = True,
                  progress: bool = True):
@@ -81,12 +90,12 @@ class Trainer:
                 if getattr(self.stage, role) is not None:
                     self.frozen_caches[role] = FrozenOutputCache(role, path, key)
         if cfg.train_limit:
-            self.train_set.frames = self.train_set.frames[:cfg.train_limit]
+            self.train_set.frames = spread(self.train_set.frames, cfg.train_limit)
         self.val_set = None
         if cfg.val_split and cfg.val_every:
             self.val_set = dataset(self.data_cfg, split=cfg.val_split)
             if cfg.val_limit:
-                self.val_set.frames = self.val_set.frames[:cfg.val_limit]
+                self.val_set.frames = spread(self.val_set.frames, cfg.val_limit)
         self.module = self.stage.module
         params = self.stage.trainable_parameters()
         if not params:
