@@ -44,7 +44,7 @@ setup(
     entry_points={
         'console_scripts': [
             'mapkd-inspect-data = mapkd_core.tools.inspect_data:main',
-            'mapkd-synth = mapkd_core.data.synth.generate:main',
+            'mapkd-synth = mapkd_core.tools.synth_cli:main',
             'mapkd-eval = mapkd_core.eval.cli:main',
             'mapkd-train = mapkd_core.train.cli:main',
             'mapkd-export = mapkd_core.runtime.cli:main',

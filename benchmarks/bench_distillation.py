@@ -1,115 +1,288 @@
-"""The MapKD ablation at tiny size on the synthetic data (a measurement, not a test).
+"""The MapKD ablation at CPU size on the synthetic drives, with error bars (a measurement, not a test).
 
-Trains, with the shipped experiment configs and equal budgets (same epochs, batch size, learning rate, data):
-the HD-prior MAE, the teacher, the coach, then five students: the baseline (task losses only), +MSRD(T),
-+MSRD(T,C), +TGPD(T), and the full MapKD student (TGPD + MSRD through the coach). Every model is then evaluated on
-the val scenes (mini_val: scene-0103 boston-seaport, scene-0916 singapore-queenstown) with ``mapkd-eval``'s code:
-pooled IoU per class, mIoU, vector AP (P-MapNet protocol), mAP. Writes benchmarks/results/distillation.json and
-prints the table the README quotes.
+Trains, with the shipped CPU recipes (``config/train/*_cpu.yaml``: 128 x 352 images, 0.3 m grid, ImageNet Lite0) on
+the same ``geo_train`` frames: the HD-prior MAE, the teacher (camera + LiDAR + SD + HD prior, its HD branch from the
+MAE), the coach (camera + simulated LiDAR + SD, distilled from the teacher), then the edge students: the baseline
+(task losses only) and the full MapKD student (TGPD + MSRD from teacher and coach) with ``--seeds`` seeds each (seed
+k of the MapKD student pairs with seed k of the baseline: same initialisation of the untrained layers, same batch
+order), and the single-loss rows (TGPD only, MSRD only; seed 0). Every model is evaluated right after it is trained,
+with ``mapkd-eval``'s code (pooled IoU per class, mIoU, vector AP with the P-MapNet protocol, mAP), on ``geo_val``
+(``--val-frames`` frames evenly spread over it; 0 = all 1,032) and on the real-track ``mini_val`` (81 frames).
 
-    python -m benchmarks.bench_distillation [--epochs 16] [--out runs/ablation] [--workers 1]
+Writes ``benchmarks/results/distillation.json`` (every run, its budget, seconds and scores, the per-seed pairs and the
+mean +- std rows), prints the Markdown table the README quotes, and draws ``benchmarks/results/distillation.png``.
 
-Runs are resumable: a finished run (checkpoint at the last epoch) is reused, an interrupted one continues.
+    python -m benchmarks.bench_distillation [--out runs/ablation_cpu] [--seeds 3]
+
+Resumable: each run trains into its own folder under ``--out`` (the trainer resumes an interrupted run from its last
+epoch checkpoint and skips a finished one) and stores its evaluation as ``eval.json`` beside the weights, reused when
+the weights are unchanged. Budget on the 2-core development CPU: see the README (``Distillation ablation``).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import time
 from pathlib import Path
 
 from benchmarks.harness import write_result
 
-#: about 90 minutes on a 2-core CPU: `make bench` skips it unless BENCH_ALL=1
+#: about 150 minutes on a 2-core CPU: `make bench` skips it unless BENCH_ALL=1
 LONG = True
 
-STUDENTS = {
-    'baseline': {},
-    '+MSRD(T)': {'msrd_teacher': 0.75},
-    '+MSRD(T,C)': {'msrd_teacher': 0.75, 'msrd_coach': 0.001},
-    '+TGPD(T)': {'tgpd_teacher': 0.5},
-    'full (TGPD+MSRD, T+C)': {'msrd_teacher': 0.75, 'msrd_coach': 0.001, 'tgpd_teacher': 0.5, 'tgpd_coach': 0.01},
-    # not in the method: TGPD on per-sample standardised features (distill.tgpd_normalize)
-    'full, TGPD standardised': {'msrd_teacher': 0.75, 'msrd_coach': 0.001, 'tgpd_teacher': 0.5, 'tgpd_coach': 0.01,
-                                'tgpd_normalize': True},
+#: every stage trains on the same ``TRAIN_FRAMES`` geo_train frames (evenly spread over the 178 drives), so the
+#: training caches (decoded images, the frozen teacher's and coach's outputs) are filled once and shared by all runs
+TRAIN_FRAMES = 1200
+#: epochs over those frames per stage (the recipes' batch sizes: 8 for the HD prior, 2 for the others)
+EPOCHS = {'hd_prior': 1, 'teacher': 2, 'coach': 1, 'student': 2}
+
+#: the distillation terms of each student row (the MapKD student: MapKD's train_s.py weights, as in the recipe)
+MAPKD = {'msrd_teacher': 0.75, 'msrd_coach': 0.001, 'tgpd_teacher': 0.5, 'tgpd_coach': 0.01}
+#: the single-loss rows: the other loss's weights set to zero (overrides merge into the recipe's ``distill``)
+SINGLE = {
+    'TGPD only (T+C)': {**MAPKD, 'msrd_teacher': 0.0, 'msrd_coach': 0.0},
+    'MSRD only (T+C)': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0},
 }
 
 
-def train(config: str, out: Path, overrides: dict) -> Path:
+def slug(name: str) -> str:
+    return ''.join(ch if ch.isalnum() else '_' for ch in name).strip('_').lower()
+
+
+def train(config: str, out: Path, overrides: dict) -> dict:
     from mapkd_core.train.config import load_train_config
     from mapkd_core.train.trainer import Trainer
     cfg = load_train_config(config, overrides)
     trainer = Trainer(cfg, out, progress=True)
     t0 = time.perf_counter()
     result = trainer.fit()
-    print(f'{config} -> {out}: {result["epochs"]} epochs ({time.perf_counter() - t0:.0f} s this run)', flush=True)
-    return Path(result['weights'])
+    took = time.perf_counter() - t0
+    # the training time of the whole run, summed over its epochs (also across interruptions)
+    seconds = sum(float(row['seconds']) for row in result['history'])
+    print(f'{config} -> {out}: {result["epochs"]} epochs, {result["steps"]} steps, {seconds:.0f} s '
+          f'({took:.0f} s this call)', flush=True)
+    return {'weights': result['weights'], 'steps': result['steps'], 'train_seconds': seconds,
+            'samples': result['steps'] * cfg.batch_size, 'config': config, 'overrides': overrides}
 
 
-def evaluate_weights(weights: Path, data_cfg, workers: int) -> dict:
+def evaluate_run(run: dict, val_frames: int, workers: int, mini_frames: int = 0) -> dict:
+    """geo_val and mini_val scores of a run's weights, cached in eval.json beside them (keyed by the weights' digest
+    and the evaluation settings)."""
+    from mapkd_core.config import DataConfig, from_dict, load_yaml, merge
     from mapkd_core.eval.evaluate import evaluate
     from mapkd_core.models.io import load_any
-    model = load_any(weights)
-    rep = evaluate(model, data_cfg, 'mini_val', batch_size=4, workers=workers, progress=False)
-    return {'iou': rep['iou'], 'miou': rep['miou'], 'ap': rep['ap'], 'map': rep['map'],
-            'model_ms_per_sample': rep['timing']['model_ms_per_sample']}
-
-
-def run(epochs: int, out: Path, workers: int) -> dict:
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    from mapkd_core.config import DataConfig, from_dict, load_yaml, merge
     from mapkd_core.paths import config_path
+    from mapkd_core.train.cache import file_digest
 
-    common = {'epochs': epochs, 'workers': workers, 'lr_step': max(1, int(epochs * 0.75))}
-    hd = train('config/train/hd_prior_tiny.yaml', out / 'hd_prior', common)
-    teacher = train('config/train/teacher_tiny.yaml', out / 'teacher', {**common, 'init': {'path': str(hd)}})
-    coach = train('config/train/coach_tiny.yaml', out / 'coach', {**common, 'teacher': str(teacher)})
-    runs = {'teacher (C+L+SD+HD)': teacher, 'coach (C+simL+SD)': coach}
-    for name, distill in STUDENTS.items():
-        folder = out / ('student_' + ''.join(ch if ch.isalnum() else '_' for ch in name).strip('_'))
-        over = {**common, 'distill': distill}
-        if any(k.endswith('teacher') for k in distill):
-            over['teacher'] = str(teacher)
-        if any(k.endswith('coach') for k in distill):
-            over['coach'] = str(coach)
-        runs[f'student {name}'] = train('config/train/student_tiny_baseline.yaml', folder, over)
-    data_yaml = load_yaml(config_path('data/synthetic.yaml'))
-    data_cfg = from_dict(DataConfig, merge(data_yaml, {'map_gt': {'line_width': 2, 'overlap_extra_width': 2}}))
-    results = {name: evaluate_weights(w, data_cfg, workers) for name, w in runs.items()}
-    base = results['student baseline']
-    for r in results.values():
-        r['delta_miou_vs_baseline'] = None if r['miou'] is None or base['miou'] is None else r['miou'] - base['miou']
-        r['delta_map_vs_baseline'] = None if r['map'] is None or base['map'] is None else r['map'] - base['map']
-    payload = {'epochs': epochs, 'data': 'synthetic mini_train -> mini_val, tiny models (0.6 m grid, 64x176)',
-               'results': results, 'weights': {k: str(v) for k, v in runs.items()}}
+    weights = Path(run['weights'])
+    key = {'weights': file_digest(weights), 'val_frames': val_frames, 'mini_frames': mini_frames}
+    cached = weights.parent / 'eval.json'
+    if cached.is_file():
+        doc = json.loads(cached.read_text())
+        if doc.get('key') == key:
+            return doc['scores']
+    data_yaml = load_yaml(config_path('data/synthetic_drives.yaml'))
+    data_cfg = from_dict(DataConfig, merge(data_yaml, {'map_gt': {'line_width': 3, 'overlap_extra_width': 2}}))
+    model = load_any(weights)
+    scores = {}
+    for split, limit in (('geo_val', val_frames or None), ('mini_val', mini_frames or None)):
+        t0 = time.perf_counter()
+        rep = evaluate(model, data_cfg, split, batch_size=4, workers=workers, limit=limit, progress=False)
+        scores[split] = {'samples': rep['samples'], 'iou': rep['iou'], 'miou': rep['miou'], 'ap': rep['ap'],
+                         'map': rep['map'], 'model_ms_per_sample': rep['timing']['model_ms_per_sample'],
+                         'eval_seconds': time.perf_counter() - t0}
+        print(f'  {weights.parent.name} {split}: mIoU {100 * (rep["miou"] or 0):.2f}, '
+              f'mAP {100 * (rep["map"] or 0):.2f} ({rep["samples"]} frames)', flush=True)
+    cached.write_text(json.dumps({'key': key, 'scores': scores}, indent=2) + '\n')
+    return scores
+
+
+def plan(seeds: int) -> list[tuple[str, str, str, dict]]:
+    """(row name, run folder, recipe, overrides) in the order they run: the frozen models first, then the students
+    seed by seed (each MapKD seed right after its baseline seed), then the single-loss rows."""
+    rows = [('HD prior (MAE)', 'hd_prior', 'config/train/hd_prior_cpu.yaml', {}),
+            ('teacher (C+L+SD+HD)', 'teacher', 'config/train/teacher_cpu.yaml', {}),
+            ('coach (C+simL+SD)', 'coach', 'config/train/coach_cpu.yaml', {})]
+    for s in range(seeds):
+        rows.append((f'baseline seed {s}', f'student_baseline_s{s}', 'config/train/student_edge_cpu_baseline.yaml',
+                     {'seed': s}))
+        rows.append((f'MapKD seed {s}', f'student_mapkd_s{s}', 'config/train/student_edge_cpu.yaml',
+                     {'seed': s, 'distill': dict(MAPKD)}))
+    for name, distill in SINGLE.items():
+        rows.append((name, f'student_{slug(name)}', 'config/train/student_edge_cpu.yaml',
+                     {'seed': 0, 'distill': dict(distill)}))
+    return rows
+
+
+def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int = TRAIN_FRAMES,
+        mini_frames: int = 0, only: tuple = ()) -> dict:
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    t_start = time.perf_counter()
+    runs: dict[str, dict] = {}
+    folders = {}
+    for name, folder, recipe, over in plan(seeds):
+        if only and folder not in only:
+            continue
+        stage = 'student' if folder.startswith('student') else ('hd_prior' if folder == 'hd_prior' else folder)
+        over = {**over, 'epochs': EPOCHS[stage], 'train_limit': train_frames, 'workers': workers,
+                'lr_step': EPOCHS[stage], 'val_every': EPOCHS[stage]}
+        if stage == 'teacher':
+            over['init'] = {'path': str(out / 'hd_prior' / 'hd_prior.safetensors')}
+        distill = over.get('distill', {})
+        if stage == 'coach' or any(distill.get(k) for k in ('msrd_teacher', 'tgpd_teacher')):
+            over['teacher'] = str(out / 'teacher' / 'teacher.safetensors')
+        if any(distill.get(k) for k in ('msrd_coach', 'tgpd_coach')):
+            over['coach'] = str(out / 'coach' / 'coach.safetensors')
+        runs[name] = train(recipe, out / folder, over)
+        folders[name] = folder
+        if stage != 'hd_prior':  # the MAE reconstructs maps from masked maps: no camera model to score
+            runs[name]['scores'] = evaluate_run(runs[name], val_frames, workers, mini_frames)
+        partial = summarize(runs, seeds, train_frames)
+        partial.update({'complete': False, 'seconds_so_far': time.perf_counter() - t_start})
+        write_result('distillation', partial)
+    payload = summarize(runs, seeds, train_frames)
+    payload['complete'] = True
+    payload['seconds_this_call'] = time.perf_counter() - t_start
     path = write_result('distillation', payload)
-    print(table(results))
-    print(f'-> {path}')
+    print(table(payload))
+    png = chart(payload, path.with_suffix('.png'))
+    print(f'-> {path}, {png}')
     return payload
 
 
-def table(results: dict) -> str:
-    def pct(v):
-        return '-' if v is None else f'{100 * v:.2f}'
+def _mean_std(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {'mean': mean, 'std': std, 'n': n, 'values': values}
 
-    def delta(v):
-        return '' if v is None else f' ({100 * v:+.2f})'
-    lines = ['| model | divider | ped crossing | boundary | mIoU | mAP |', '| --- | --- | --- | --- | --- | --- |']
-    for name, r in results.items():
-        iou = r['iou']
-        lines.append(f'| {name} | {pct(iou["divider"])} | {pct(iou["ped_crossing"])} | {pct(iou["boundary"])} | '
-                     f'{pct(r["miou"])}{delta(r["delta_miou_vs_baseline"]) if name.startswith("student") else ""} | '
-                     f'{pct(r["map"])}{delta(r["delta_map_vs_baseline"]) if name.startswith("student") else ""} |')
-    return '\n'.join(lines)
+
+def summarize(runs: dict, seeds: int, train_frames: int) -> dict:
+    """The JSON payload: every run, the mean +- std of the seeded rows on each split, and the per-seed pairs."""
+    from mapkd_core.constants import CLASS_NAMES
+    groups: dict[str, dict] = {}
+    for split in ('geo_val', 'mini_val'):
+        for group in ('baseline', 'MapKD'):
+            members = [runs[f'{group} seed {s}']['scores'][split] for s in range(seeds)
+                       if 'scores' in runs.get(f'{group} seed {s}', {})]
+            if not members:
+                continue
+            row = {'miou': _mean_std([m['miou'] for m in members]), 'map': _mean_std([m['map'] for m in members]),
+                   'iou': {c: _mean_std([m['iou'][c] for m in members]) for c in CLASS_NAMES[1:]}}
+            groups.setdefault(split, {})[group] = row
+        pairs = []
+        for s in range(seeds):
+            b, k = runs.get(f'baseline seed {s}', {}), runs.get(f'MapKD seed {s}', {})
+            if 'scores' in b and 'scores' in k:
+                pairs.append({'seed': s, 'baseline_miou': b['scores'][split]['miou'],
+                              'mapkd_miou': k['scores'][split]['miou'], 'baseline_map': b['scores'][split]['map'],
+                              'mapkd_map': k['scores'][split]['map'],
+                              'mapkd_above_baseline_miou': k['scores'][split]['miou'] > b['scores'][split]['miou']})
+        groups.setdefault(split, {})['pairs'] = pairs
+        g = groups[split]
+        if 'baseline' in g and 'MapKD' in g and g['baseline']['miou']['mean'] > 0 and g['baseline']['map']['mean'] > 0:
+            g['ratio_miou'] = g['MapKD']['miou']['mean'] / g['baseline']['miou']['mean']
+            g['ratio_map'] = g['MapKD']['map']['mean'] / g['baseline']['map']['mean']
+    return {'data': 'synthetic drives: geo_train -> geo_val and the real-track mini_val; CPU-size models '
+                    '(128x352 images, 0.3 m grid, ImageNet Lite0)',
+            'train_frames': train_frames, 'epochs': EPOCHS, 'seeds': seeds, 'runs': runs, 'summary': groups}
+
+
+def _row(name: str, r: dict, delta=None) -> str:
+    def pct(v):
+        return '-' if v is None else f'{100 * v:.1f}'
+    iou = r['iou']
+    return (f'| {name} | {pct(iou["divider"])} | {pct(iou["ped_crossing"])} | {pct(iou["boundary"])} | '
+            f'{pct(r["miou"])} | {pct(r["map"])} |')
+
+
+def table(payload: dict) -> str:
+    """Markdown: geo_val and mini_val per run, then the mean +- std rows."""
+    out = []
+    for split in ('geo_val', 'mini_val'):
+        out += [f'**{split}**', '', '| model | divider | ped crossing | boundary | mIoU | mAP |',
+                '| --- | --- | --- | --- | --- | --- |']
+        for name, r in payload['runs'].items():
+            if 'scores' in r:
+                out.append(_row(name, r['scores'][split]))
+        g = payload['summary'].get(split, {})
+        for group in ('baseline', 'MapKD'):
+            if group in g:
+                row = g[group]
+
+                def ms(d):
+                    return f'{100 * d["mean"]:.1f} +- {100 * d["std"]:.1f}'
+                out.append(f'| **{group}, mean +- std of {row["miou"]["n"]} seeds** | {ms(row["iou"]["divider"])} | '
+                           f'{ms(row["iou"]["ped_crossing"])} | {ms(row["iou"]["boundary"])} | {ms(row["miou"])} | '
+                           f'{ms(row["map"])} |')
+        if 'ratio_miou' in g:
+            above = sum(p['mapkd_above_baseline_miou'] for p in g['pairs'])
+            out.append('')
+            out.append(f'MapKD / baseline: mIoU x{g["ratio_miou"]:.2f}, mAP x{g["ratio_map"]:.2f}; MapKD above its '
+                       f'paired baseline seed in {above} of {len(g["pairs"])} seeds')
+        out.append('')
+    return '\n'.join(out)
+
+
+def chart(payload: dict, path: Path) -> Path:
+    """A bar chart of mIoU and mAP per run on both splits (error bars: std over seeds for the seeded rows)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    runs = payload['runs']
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for ax, split in zip(axes, ('geo_val', 'mini_val')):
+        names, miou, miou_err, mAP, map_err = [], [], [], [], []
+        g = payload['summary'].get(split, {})
+        for name, r in runs.items():
+            if 'scores' not in r or ' seed ' in name:
+                continue
+            names.append(name)
+            miou.append(100 * r['scores'][split]['miou'])
+            mAP.append(100 * (r['scores'][split]['map'] or 0))
+            miou_err.append(0)
+            map_err.append(0)
+        for group in ('baseline', 'MapKD'):
+            if group in g:
+                names.append(f'{group} ({g[group]["miou"]["n"]} seeds)')
+                miou.append(100 * g[group]['miou']['mean'])
+                miou_err.append(100 * g[group]['miou']['std'])
+                mAP.append(100 * g[group]['map']['mean'])
+                map_err.append(100 * g[group]['map']['std'])
+        x = list(range(len(names)))
+        ax.bar([i - 0.2 for i in x], miou, 0.4, yerr=miou_err, capsize=3, label='mIoU')
+        ax.bar([i + 0.2 for i in x], mAP, 0.4, yerr=map_err, capsize=3, label='mAP')
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=30, ha='right', fontsize=8)
+        ax.set_title(split)
+        ax.grid(axis='y', alpha=0.3)
+    axes[0].set_ylabel('%')
+    axes[0].legend()
+    fig.suptitle(f'MapKD ablation, CPU size ({payload["train_frames"]} geo_train frames)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--epochs', type=int, default=16)
-    p.add_argument('--out', default='runs/ablation')
+    p.add_argument('--out', default='runs/ablation_cpu')
+    p.add_argument('--seeds', type=int, default=3)
+    p.add_argument('--val-frames', type=int, default=300,
+                   help='geo_val frames evenly spread over the split (0 = all 1,032)')
     p.add_argument('--workers', type=int, default=1)
+    p.add_argument('--train-frames', type=int, default=TRAIN_FRAMES,
+                   help='geo_train frames every stage trains on (a small number: a quick check of the pipeline)')
+    p.add_argument('--mini-frames', type=int, default=0, help='mini_val frames to evaluate (0 = all 81)')
+    p.add_argument('--only', default='', help='comma-separated run folders to train / evaluate now (e.g. '
+                   'student_baseline_s0,student_baseline_s1; default: all, in order); the summary covers them only')
     args = p.parse_args(argv)
-    run(args.epochs, Path(args.out), args.workers)
+    run(Path(args.out), args.seeds, args.val_frames, args.workers, args.train_frames, args.mini_frames,
+        tuple(f for f in args.only.split(',') if f))
 
 
 if __name__ == '__main__':

@@ -15,8 +15,8 @@ per camera decodes its CompressedImage topic to the raw ``.../image_rect`` topic
 # launch argument -> (parameter, description); empty keeps the params file's value
 OVERRIDES = {
     'model': ('model', 'weights file (.safetensors); empty: the params file / shipped demo weights'),
-    'backend': ('backend', 'torch, onnxruntime or tensorrt'),
-    'device': ('device', 'cpu or cuda'),
+    'backend': ('backend', 'inference backend (the allowed names: docs/node.md, parameter backend)'),
+    'device': ('device', 'cpu, cuda or cuda:N'),
     'frame_id': ('frame_id', 'frame of the published polylines'),
     'image_topics': ('image_topics', 'comma-separated image topics, one per camera'),
     'camera_info_topics': ('camera_info_topics', 'comma-separated CameraInfo topics, one per camera'),

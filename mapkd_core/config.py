@@ -22,7 +22,7 @@ import yaml
 
 from .constants import (ANGLE_CLASSES, BOUNDARY_LAYERS, CAMERAS, DIVIDER_LAYERS, IMAGENET_MEAN, IMAGENET_STD,
                         PED_CROSSING_LAYERS)
-from .errors import ConfigError
+from .errors import ConfigError, ConfigNotFoundError
 
 # --------------------------------------------------------------------------------------------------------------
 # dataclasses
@@ -363,7 +363,7 @@ def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; a missing file or a YAML syntax error is a ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f'{path}: config file not found')
+        raise ConfigNotFoundError(f'{path}: config file not found')
     try:
         with open(path, encoding='utf-8') as fh:
             data = yaml.safe_load(fh)

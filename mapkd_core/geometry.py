@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import GridConfig
+from .errors import CalibrationError
 
 # --------------------------------------------------------------------------------------------------------------
 # BEV grid <-> metres (the one mapping)
@@ -84,7 +85,7 @@ def quaternion_to_matrix(q) -> np.ndarray:
     q = np.asarray(q, dtype=np.float64)
     norm = np.linalg.norm(q, axis=-1, keepdims=True)
     if np.any(norm < 1e-12) or not np.all(np.isfinite(q)):
-        raise ValueError(f'invalid quaternion (zero or non-finite): {q.tolist()}')
+        raise CalibrationError(f'invalid quaternion (zero or non-finite): {q.tolist()}')
     w, x, y, z = np.moveaxis(q / norm, -1, 0)
     return np.stack([
         np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
@@ -119,10 +120,10 @@ def make_transform(rotation, translation) -> np.ndarray:
     rotation = np.asarray(rotation, dtype=np.float64)
     rot = quaternion_to_matrix(rotation) if rotation.shape == (4,) else rotation
     if rot.shape != (3, 3):
-        raise ValueError(f'rotation must be a quaternion (4,) or a 3x3 matrix, got shape {rotation.shape}')
+        raise CalibrationError(f'rotation must be a quaternion (4,) or a 3x3 matrix, got shape {rotation.shape}')
     t = np.asarray(translation, dtype=np.float64).reshape(-1)
     if t.shape != (3,):
-        raise ValueError(f'translation must have 3 values, got {t.tolist()}')
+        raise CalibrationError(f'translation must have 3 values, got {t.tolist()}')
     out = np.eye(4)
     out[:3, :3] = rot
     out[:3, 3] = t
@@ -188,15 +189,16 @@ def project_points(points_ego: np.ndarray, intrinsic: np.ndarray, cam_to_ego: np
 
 
 def validate_calibration(intrinsic, cam_to_ego, name: str = 'camera') -> None:
-    """Raise ValueError naming ``name`` when intrinsics or extrinsics are not usable."""
+    """Raise a CalibrationError (a ValueError) naming ``name`` when intrinsics or extrinsics are not usable."""
     k = np.asarray(intrinsic, dtype=np.float64)
     if k.shape != (3, 3) or not np.all(np.isfinite(k)):
-        raise ValueError(f'{name}: intrinsic matrix must be a finite 3x3 matrix, got {k.tolist()}')
+        raise CalibrationError(f'{name}: intrinsic matrix must be a finite 3x3 matrix, got {k.tolist()}')
     if k[0, 0] <= 0 or k[1, 1] <= 0 or abs(k[2, 2] - 1.0) > 1e-6 or np.any(np.abs(k[2, :2]) > 1e-9):
-        raise ValueError(f'{name}: intrinsic matrix must have fx, fy > 0 and last row [0, 0, 1], got {k.tolist()}')
+        raise CalibrationError(f'{name}: intrinsic matrix must have fx, fy > 0 and last row [0, 0, 1], '
+                               f'got {k.tolist()}')
     t = np.asarray(cam_to_ego, dtype=np.float64)
     if t.shape != (4, 4) or not np.all(np.isfinite(t)):
-        raise ValueError(f'{name}: extrinsic must be a finite 4x4 matrix, got shape {t.shape}')
+        raise CalibrationError(f'{name}: extrinsic must be a finite 4x4 matrix, got shape {t.shape}')
     rot = t[:3, :3]
     if np.abs(rot @ rot.T - np.eye(3)).max() > 1e-4 or np.linalg.det(rot) < 0.99:
-        raise ValueError(f'{name}: extrinsic rotation is not a proper rotation matrix')
+        raise CalibrationError(f'{name}: extrinsic rotation is not a proper rotation matrix')

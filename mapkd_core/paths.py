@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import ConfigNotFoundError, DatasetNotFoundError
+
 PACKAGE = 'mapkd_ros'
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,8 +30,8 @@ def share_dir() -> Path:
         if (cand / 'config').is_dir():
             return cand
     tried = ', '.join(str(c) for c in _candidates())
-    raise FileNotFoundError(f'cannot find the mapkd_ros share folder (config/); looked in: {tried}. '
-                            'Set MAPKD_SHARE to the folder that holds config/.')
+    raise ConfigNotFoundError(f'cannot find the mapkd_ros share folder (config/); looked in: {tried}. '
+                              'Set MAPKD_SHARE to the folder that holds config/.')
 
 
 def config_dir() -> Path:
@@ -40,7 +42,7 @@ def config_path(relative: str) -> Path:
     """A shipped config file, e.g. ``config_path('data/bundled.yaml')``."""
     path = config_dir() / relative
     if not path.is_file():
-        raise FileNotFoundError(f'no shipped config {relative!r} (looked for {path})')
+        raise ConfigNotFoundError(f'no shipped config {relative!r} (looked for {path})')
     return path
 
 
@@ -48,7 +50,7 @@ def bundled_dataroot() -> Path:
     """The bundled real nuScenes keyframe, maps, OSM roads and tracks (``assets/nuscenes_tiny``)."""
     path = share_dir() / 'assets' / 'nuscenes_tiny'
     if not (path / 'v1.0-mini').is_dir():
-        raise FileNotFoundError(f'the bundled nuScenes data is missing: {path}')
+        raise DatasetNotFoundError(f'the bundled nuScenes data is missing: {path}')
     return path
 
 

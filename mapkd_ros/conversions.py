@@ -4,7 +4,9 @@ Past this module the node holds no ROS types: images are RGB uint8 (H, W, 3), in
 camera -> base_link. Functions read message fields by name only (duck typing), so they are tested with plain objects;
 the few that build messages import the message packages when called.
 
-Every error is a ``ValueError`` that names the topic (or camera) and what is wrong, so the node can log it as is.
+Every error names the topic (or camera) and what is wrong, so the node can log it as is: a :class:`MessageError`
+for an image that cannot be used, a ``CalibrationError`` for intrinsics / extrinsics, a ``UsageError`` for a bad
+argument; all three are ``MapkdError`` and ``ValueError``.
 """
 from __future__ import annotations
 
@@ -14,9 +16,16 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from mapkd_core.errors import CalibrationError, MapkdError, UsageError
 from mapkd_core.geometry import make_transform, scale_intrinsics, validate_calibration
 
 NS = 1_000_000_000
+
+
+class MessageError(MapkdError, ValueError):
+    """An image message cannot be used: unsupported encoding, sizes that do not add up, bytes that do not decode,
+    an image whose size differs from its CameraInfo's (the topic is named)."""
+
 
 #: Raw encodings we convert: name -> (channels, OpenCV conversion to RGB or None when already RGB).
 ENCODINGS = {
@@ -58,21 +67,21 @@ def _buffer(data) -> np.ndarray:
 def image_to_rgb(msg, topic: str = 'image') -> np.ndarray:
     """sensor_msgs/Image (rgb8, bgr8, mono8, rgba8, bgra8) -> RGB uint8 (H, W, 3). Rows may be padded (``step``).
 
-    Raises ValueError naming the topic for an unknown encoding or a size that does not add up."""
+    Raises MessageError naming the topic for an unknown encoding or a size that does not add up."""
     encoding = str(msg.encoding).lower()
     if encoding not in ENCODINGS:
-        raise ValueError(f'{topic}: unsupported image encoding {msg.encoding!r} (supported: '
-                         f'{", ".join(ENCODINGS)}; compressed images go on a CompressedImage topic)')
+        raise MessageError(f'{topic}: unsupported image encoding {msg.encoding!r} (supported: '
+                           f'{", ".join(ENCODINGS)}; compressed images go on a CompressedImage topic)')
     channels, code = ENCODINGS[encoding]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
-        raise ValueError(f'{topic}: empty image ({w}x{h}, {encoding})')
+        raise MessageError(f'{topic}: empty image ({w}x{h}, {encoding})')
     if step < w * channels:
-        raise ValueError(f'{topic}: step {step} is smaller than width x channels = {w} x {channels} ({encoding})')
+        raise MessageError(f'{topic}: step {step} is smaller than width x channels = {w} x {channels} ({encoding})')
     data = _buffer(msg.data)
     if data.size < step * h:
-        raise ValueError(f'{topic}: {data.size} data bytes for a {w}x{h} {encoding} image with step {step} '
-                         f'(expected {step * h})')
+        raise MessageError(f'{topic}: {data.size} data bytes for a {w}x{h} {encoding} image with step {step} '
+                           f'(expected {step * h})')
     img = data[:step * h].reshape(h, step)[:, :w * channels].reshape(h, w, channels)
     if code is None:
         return np.ascontiguousarray(img)
@@ -90,7 +99,7 @@ def rgb_to_image(rgb: np.ndarray, encoding: str = 'rgb8', stamp=None, frame_id: 
     back = {'rgb8': None, 'bgr8': cv2.COLOR_RGB2BGR, 'mono8': cv2.COLOR_RGB2GRAY, 'rgba8': cv2.COLOR_RGB2RGBA,
             'bgra8': cv2.COLOR_RGB2BGRA}
     if encoding not in back:
-        raise ValueError(f'cannot encode {encoding!r}: use one of {", ".join(back)}')
+        raise UsageError(f'cannot encode {encoding!r}: use one of {", ".join(back)}')
     img = rgb if back[encoding] is None else cv2.cvtColor(rgb, back[encoding])
     img = np.ascontiguousarray(img)
     msg = Image(height=img.shape[0], width=img.shape[1], encoding=encoding, is_bigendian=0,
@@ -116,21 +125,21 @@ def compressed_to_rgb(msg, topic: str = 'image', reduce: int = 1) -> tuple[np.nd
     """sensor_msgs/CompressedImage (JPEG or PNG) -> (RGB uint8 (H, W, 3), reduction factor used).
 
     A JPEG is decoded directly at 1/``reduce`` size (libjpeg's DCT scaling maps pixel u to (u + 0.5) / f - 0.5, so
-    the intrinsics scale by exactly 1/f); a PNG always at full size. Raises ValueError naming the topic for bytes that
+    the intrinsics scale by exactly 1/f); a PNG always at full size. Raises MessageError naming the topic for bytes that
     do not decode."""
     data = _buffer(msg.data)
     if data.size == 0:
-        raise ValueError(f'{topic}: empty compressed image (format {msg.format!r})')
+        raise MessageError(f'{topic}: empty compressed image (format {msg.format!r})')
     head = data[:4].tobytes()
     is_jpeg = head.startswith(_JPEG_MAGIC)
     if not is_jpeg and not head.startswith(_PNG_MAGIC):
-        raise ValueError(f'{topic}: compressed image is neither JPEG nor PNG (format {msg.format!r}, first bytes '
-                         f'{head.hex()})')
+        raise MessageError(f'{topic}: compressed image is neither JPEG nor PNG (format {msg.format!r}, first bytes '
+                           f'{head.hex()})')
     factor = reduce if is_jpeg and reduce in _REDUCED else 1
     img = cv2.imdecode(data, _REDUCED[factor])
     if img is None or img.size == 0:
-        raise ValueError(f'{topic}: corrupt {"JPEG" if is_jpeg else "PNG"} image ({data.size} bytes, format '
-                         f'{msg.format!r}): it does not decode')
+        raise MessageError(f'{topic}: corrupt {"JPEG" if is_jpeg else "PNG"} image ({data.size} bytes, format '
+                           f'{msg.format!r}): it does not decode')
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB), factor
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), factor
@@ -142,7 +151,7 @@ def rgb_to_compressed(rgb: np.ndarray, fmt: str = 'jpeg', quality: int = 90, sta
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if ext == '.jpg' else []
     ok, buf = cv2.imencode(ext, cv2.cvtColor(np.asarray(rgb, np.uint8), cv2.COLOR_RGB2BGR), params)
     if not ok:
-        raise ValueError(f'cannot encode the image as {fmt}')
+        raise UsageError(f'cannot encode the image as {fmt}')
     return bytes_to_compressed(buf.tobytes(), 'png' if ext == '.png' else 'jpeg', stamp, frame_id)
 
 
@@ -163,20 +172,20 @@ def bytes_to_compressed(data: bytes, fmt: str = 'jpeg', stamp=None, frame_id: st
 def camera_info_to_k(msg, topic: str = 'camera_info') -> tuple[np.ndarray, tuple[int, int]]:
     """sensor_msgs/CameraInfo -> (K 3x3 float64, (height, width)); (0, 0) when the size is not given.
 
-    Raises ValueError naming the topic when K is all zeros (an uncalibrated camera), not finite or not a pinhole
+    Raises CalibrationError naming the topic when K is all zeros (an uncalibrated camera), not finite or not a pinhole
     matrix (fx, fy > 0, last row 0 0 1)."""
     k = np.asarray(list(msg.k), dtype=np.float64)
     if k.size != 9:
-        raise ValueError(f'{topic}: CameraInfo K must have 9 values, got {k.size}')
+        raise CalibrationError(f'{topic}: CameraInfo K must have 9 values, got {k.size}')
     k = k.reshape(3, 3)
     if not np.all(np.isfinite(k)):
-        raise ValueError(f'{topic}: CameraInfo K is not finite: {k.tolist()}')
+        raise CalibrationError(f'{topic}: CameraInfo K is not finite: {k.tolist()}')
     if not np.any(k):
-        raise ValueError(f'{topic}: CameraInfo K is all zeros (camera not calibrated)')
+        raise CalibrationError(f'{topic}: CameraInfo K is all zeros (camera not calibrated)')
     try:
         validate_calibration(k, np.eye(4), topic)
-    except ValueError as exc:
-        raise ValueError(f'{exc} (CameraInfo)') from None
+    except CalibrationError as exc:
+        raise CalibrationError(f'{exc} (CameraInfo)') from None
     return k, (int(msg.height), int(msg.width))
 
 
@@ -196,7 +205,7 @@ def camera_info_msg(k: np.ndarray, hw: tuple[int, int], stamp=None, frame_id: st
 
 def check_image_size(image_hw: tuple[int, int], info_hw: tuple[int, int], factor: int = 1,
                      topic: str = 'image') -> None:
-    """Raise ValueError when an image (decoded at 1/``factor``) does not have its CameraInfo's size.
+    """Raise MessageError when an image (decoded at 1/``factor``) does not have its CameraInfo's size.
 
     A CameraInfo without a size ((0, 0)) accepts any image."""
     if not info_hw or info_hw[0] <= 0 or info_hw[1] <= 0:
@@ -204,7 +213,7 @@ def check_image_size(image_hw: tuple[int, int], info_hw: tuple[int, int], factor
     expected = (math.ceil(info_hw[0] / factor), math.ceil(info_hw[1] / factor))
     if tuple(image_hw[:2]) != expected:
         full = (image_hw[0] * factor, image_hw[1] * factor)
-        raise ValueError(f'{topic}: image is {full[1]}x{full[0]} but its CameraInfo says {info_hw[1]}x{info_hw[0]}')
+        raise MessageError(f'{topic}: image is {full[1]}x{full[0]} but its CameraInfo says {info_hw[1]}x{info_hw[0]}')
 
 
 def intrinsics_for(k: np.ndarray, factor: int) -> np.ndarray:
@@ -214,22 +223,23 @@ def intrinsics_for(k: np.ndarray, factor: int) -> np.ndarray:
 
 def extrinsic_matrix(translation: Sequence[float], rotation_wxyz: Sequence[float], name: str = 'camera') -> np.ndarray:
     """Camera -> base_link 4x4 from a translation (x, y, z) metres and a quaternion (w, x, y, z), as nuScenes'
-    calibrated_sensor. Raises ValueError naming the camera for wrong lengths, non-finite values or a zero
+    calibrated_sensor. Raises CalibrationError naming the camera for wrong lengths, non-finite values or a zero
     quaternion."""
     try:
         t = [float(v) for v in translation]
         q = [float(v) for v in rotation_wxyz]
     except (TypeError, ValueError):
-        raise ValueError(f'{name}: extrinsic translation and rotation must be numbers, got {translation!r} and '
-                         f'{rotation_wxyz!r}') from None
+        raise CalibrationError(f'{name}: extrinsic translation and rotation must be numbers, got {translation!r} '
+                               f'and {rotation_wxyz!r}') from None
     if len(t) != 3:
-        raise ValueError(f'{name}: extrinsic translation needs 3 values (x, y, z), got {len(t)}: {t}')
+        raise CalibrationError(f'{name}: extrinsic translation needs 3 values (x, y, z), got {len(t)}: {t}')
     if len(q) != 4:
-        raise ValueError(f'{name}: extrinsic rotation needs a quaternion of 4 values (w, x, y, z), got {len(q)}: {q}')
+        raise CalibrationError(f'{name}: extrinsic rotation needs a quaternion of 4 values (w, x, y, z), '
+                               f'got {len(q)}: {q}')
     if not all(math.isfinite(v) for v in t + q):
-        raise ValueError(f'{name}: extrinsic values must be finite, got translation {t}, rotation {q}')
+        raise CalibrationError(f'{name}: extrinsic values must be finite, got translation {t}, rotation {q}')
     if math.sqrt(sum(v * v for v in q)) < 1e-6:
-        raise ValueError(f'{name}: extrinsic rotation quaternion is zero')
+        raise CalibrationError(f'{name}: extrinsic rotation quaternion is zero')
     m = make_transform(np.asarray(q), np.asarray(t))
     validate_calibration(np.eye(3), m, name)
     return m

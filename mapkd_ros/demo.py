@@ -28,6 +28,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mapkd_core.cli import add_debug_flag, command
+from mapkd_core.constants import BACKENDS
+from mapkd_core.errors import MapkdError, WeightsNotFoundError
+
 from . import DEMO_WEIGHTS
 
 VAL_SCENES = ('scene-0103', 'scene-0916')  # v1.0-mini's mini_val: boston-seaport, singapore-queenstown
@@ -36,8 +40,10 @@ PROCESSING_TOPIC = '/student_node/processing_time_ms'
 GT_TOPIC = '/map_gt/markers'
 
 
-class DemoError(RuntimeError):
-    pass
+class DemoError(MapkdError, RuntimeError):
+    """The demo run failed (the node did not come up, or exited): not a bad input, so the exit code is 1."""
+
+    exit_code = 1
 
 
 def _params_file() -> Path:
@@ -153,15 +159,21 @@ def _render(out_dir: Path, frames: list[tuple[int, list, list]], grid, images_by
     for i, (stamp, gt, pred) in enumerate(frames):
         bev = side_by_side(vector_picture(gt, grid, scale=4, title='ground truth'),
                            vector_picture(pred, grid, scale=4, title='student (replayed)', show_scores=True))
-        front = images_by_stamp.get(stamp)
+        front = images_by_stamp.get(stamp)  # RGB; the BEV pictures are BGR (OpenCV), as the file
         if front is not None:
             h = bev.shape[0]
-            front = cv2.resize(front, (int(front.shape[1] * h / front.shape[0]), h))
+            front = cv2.resize(cv2.cvtColor(front, cv2.COLOR_RGB2BGR), (int(front.shape[1] * h / front.shape[0]), h))
             bev = side_by_side(front, bev)
         path = out_dir / f'frame_{i:02d}.png'
-        cv2.imwrite(str(path), cv2.cvtColor(bev, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(path), bev)
         paths.append(path)
     return paths
+
+
+def gt_line_width(resolution: float) -> int:
+    """Pixels of a rasterised ground-truth line, as the training recipes draw them: about 0.9 m wide (2 px on the
+    tiny recipes' 0.6 m grid, 3 px on the CPU recipes' 0.3 m grid), never under 2 px."""
+    return max(2, int(0.9 / resolution + 0.5))
 
 
 def _untrained_reference(weights: Path, root: Path, grid, map_gt, scenes, limit) -> dict:
@@ -213,13 +225,13 @@ def run(out: Path, weights: Path, backend: str, rate: float, limit: int, draw: i
     from .bag.play import play
     from .markers import markers_to_vectors
     if not weights.is_file():
-        raise DemoError(f'demo weights not found: {weights} (train them with the README\'s commands, or pass --weights)')
+        raise WeightsNotFoundError(f'demo weights not found: {weights} (train them with the README\'s commands, or '
+                                   'pass --weights)')
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     model_cfg = config_of(weights)
     grid = model_cfg.grid
-    # the ground truth is rasterised as in training the tiny models (2 px lines on the 0.6 m grid)
-    map_gt = MapGtConfig(line_width=2, overlap_extra_width=2)
+    map_gt = MapGtConfig(line_width=gt_line_width(grid.xbound[2]), overlap_extra_width=2)
 
     log(f'[1/6] synthetic val scenes {", ".join(VAL_SCENES)} (generated once, then cached)')
     root = synthetic_dataroot(SynthConfig(scenes=VAL_SCENES, limit=limit), progress=True)
@@ -348,21 +360,19 @@ def _pct_ms(v) -> str:
     return '-' if v is None else f'{v:.1f} ms'
 
 
+@command('mapkd-demo')
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(prog='mapkd-demo', description=__doc__.split('\n')[0])
     p.add_argument('--out', default='outputs/demo', help='output folder (default outputs/demo)')
     p.add_argument('--weights', default=str(DEMO_WEIGHTS), help='student weights (default: the shipped demo student)')
-    p.add_argument('--backend', default='onnxruntime', choices=('torch', 'onnxruntime', 'tensorrt'))
+    p.add_argument('--backend', default='onnxruntime', choices=BACKENDS)
     p.add_argument('--rate', type=float, default=1.0, help='playback rate factor (default 1.0)')
     p.add_argument('--limit', type=int, default=0, help='keyframes per scene (default 0 = all, about 40)')
     p.add_argument('--draw', type=int, default=4, help='frames to render as PNG')
     p.add_argument('--node-timeout', type=float, default=120.0, help='seconds to wait for the node to come up')
+    add_debug_flag(p)
     args = p.parse_args(argv)
-    try:
-        run(Path(args.out), Path(args.weights), args.backend, args.rate, args.limit, args.draw, args.node_timeout)
-    except DemoError as exc:
-        print(f'mapkd-demo: {exc}', file=sys.stderr)
-        return 1
+    run(Path(args.out), Path(args.weights), args.backend, args.rate, args.limit, args.draw, args.node_timeout)
     return 0
 
 

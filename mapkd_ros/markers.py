@@ -1,55 +1,70 @@
-"""MapPrediction -> visualization_msgs/MarkerArray: a DELETEALL, then one LINE_STRIP per polyline.
+"""Map polylines <-> visualization_msgs/MarkerArray: one description, two message libraries.
 
-Namespace and colour follow the class (divider orange, ped_crossing blue, boundary red), so RViz can toggle classes;
-points lie on the ground (z = 0) in ``frame_id`` (base_link); every marker carries the camera set's stamp.
+``polyline_markers`` describes the MarkerArray of a set of polylines once, as plain values: a DELETEALL, then one
+LINE_STRIP per polyline with at least two finite points, namespace = class name (RViz can toggle classes), colour
+from ``mapkd_core.constants.CLASS_COLORS`` (the same in every picture), points on the ground (z = 0) in ``frame_id``,
+the confidence in ``text``. The node builds rclpy messages from it (``prediction_to_markers``) and the bag converter
+rosbags messages (``mapkd_ros.bag.convert``); ``markers_to_vectors`` reads either back.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from mapkd_core.constants import CLASS_NAMES
+from mapkd_core.constants import CLASS_COLORS, CLASS_NAMES
 
-#: RGBA per class name.
-CLASS_COLORS = {
-    'divider': (1.0, 0.55, 0.0, 1.0),
-    'ped_crossing': (0.15, 0.45, 1.0, 1.0),
-    'boundary': (0.9, 0.1, 0.1, 1.0),
-}
-_FALLBACK_COLOR = (0.8, 0.8, 0.8, 1.0)
+#: visualization_msgs/Marker constants (the rosbags message classes used to read bags do not carry them)
+LINE_STRIP, ADD, DELETEALL = 4, 0, 3
 
 
-def prediction_to_markers(prediction, stamp, frame_id: str = 'base_link', line_width: float = 0.2):
-    """One MarkerArray for one prediction: ``markers[0]`` is DELETEALL (clears the previous set), then one LINE_STRIP
-    per polyline with at least two points, its confidence in ``text``. ``stamp`` is a builtin_interfaces/Time."""
-    from geometry_msgs.msg import Point
-    from std_msgs.msg import ColorRGBA
-    from visualization_msgs.msg import Marker, MarkerArray
+@dataclass(frozen=True)
+class MarkerSpec:
+    """One marker of a map MarkerArray, independent of the message library."""
+    ns: str
+    id: int
+    type: int
+    action: int
+    width: float
+    rgba: tuple[float, float, float, float]
+    points: list  # [(x, y), ...] in metres, z = 0
+    text: str
 
-    clear = Marker(action=Marker.DELETEALL)
-    clear.header.frame_id = frame_id
-    clear.header.stamp = stamp
-    markers = [clear]
-    colors = {name: ColorRGBA(r=c[0], g=c[1], b=c[2], a=c[3]) for name, c in CLASS_COLORS.items()}
-    for i, vec in enumerate(prediction.polylines):
+
+def polyline_markers(vectors, line_width: float = 0.2, alpha: float = 1.0, scores: bool = True) -> list[MarkerSpec]:
+    """The markers of a map: ``[DELETEALL, LINE_STRIP per polyline]``; ``alpha`` scales the class colour's alpha
+    (ground truth: ``GT_ALPHA``); ``scores`` writes each polyline's confidence into ``text``."""
+    out = [MarkerSpec('', 0, LINE_STRIP, DELETEALL, 0.0, (0.0, 0.0, 0.0, 0.0), [], '')]
+    for i, vec in enumerate(vectors):
         pts = np.asarray(vec.points, dtype=np.float64)
         if len(pts) < 2 or not np.all(np.isfinite(pts)):
             continue
         name = CLASS_NAMES[vec.cls]
-        m = Marker(ns=name, id=i, type=Marker.LINE_STRIP, action=Marker.ADD)
+        r, g, b, a = CLASS_COLORS[name]
+        out.append(MarkerSpec(name, i, LINE_STRIP, ADD, float(line_width), (r, g, b, a * alpha),
+                              [(float(x), float(y)) for x, y in pts[:, :2].tolist()],
+                              f'{float(vec.score):.3f}' if scores else ''))
+    return out
+
+
+def prediction_to_markers(prediction, stamp, frame_id: str = 'base_link', line_width: float = 0.2):
+    """The node's MarkerArray (rclpy messages) for one prediction; ``stamp`` is a builtin_interfaces/Time. The
+    confidence in ``text`` is unused by RViz for LINE_STRIPs and read by mapkd-demo."""
+    from geometry_msgs.msg import Point
+    from std_msgs.msg import ColorRGBA
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    markers = []
+    for spec in polyline_markers(prediction.polylines, line_width):
+        m = Marker(ns=spec.ns, id=spec.id, type=spec.type, action=spec.action, text=spec.text)
         m.header.frame_id = frame_id
         m.header.stamp = stamp
         m.pose.orientation.w = 1.0
-        m.scale.x = float(line_width)
-        m.color = colors.get(name) or ColorRGBA(r=_FALLBACK_COLOR[0], g=_FALLBACK_COLOR[1], b=_FALLBACK_COLOR[2],
-                                                a=_FALLBACK_COLOR[3])
-        m.points = [Point(x=x, y=y, z=0.0) for x, y in pts.tolist()]
-        m.text = f'{float(vec.score):.3f}'  # the confidence (unused by RViz for LINE_STRIPs; read by mapkd-demo)
+        m.scale.x = spec.width
+        m.color = ColorRGBA(r=spec.rgba[0], g=spec.rgba[1], b=spec.rgba[2], a=spec.rgba[3])
+        m.points = [Point(x=x, y=y, z=0.0) for x, y in spec.points]
         markers.append(m)
     return MarkerArray(markers=markers)
-
-
-#: visualization_msgs/Marker constants (the rosbags message classes used to read bags do not carry them)
-LINE_STRIP, ADD = 4, 0
 
 
 def markers_to_vectors(array) -> tuple[int | None, list]:

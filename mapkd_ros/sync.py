@@ -13,8 +13,9 @@ nanoseconds, payloads are opaque). The policy:
   waiting in the slot is replaced and counted in ``dropped``: the worker always takes the newest complete set, and
   nothing queues without bound.
 
-``KeyedThrottle`` (rate limiting of warnings per key, e.g. per camera) and the silence check of each camera live
-here too: they are plain timing logic that the node uses and the tests exercise without ROS.
+``KeyedThrottle`` (rate limiting of warnings per key, e.g. per camera) and the age of each camera's last message
+(``ages()``, for the node's silence warnings and diagnostics) live here too: they are plain timing logic that the
+node uses and the tests exercise without ROS.
 """
 from __future__ import annotations
 
@@ -175,19 +176,11 @@ class ApproximateTimeSync:
             self._pending = None
 
     # --------------------------------------------------------------------------------------------------- health
-    def silent(self, timeout: float, now: float | None = None, since: float | None = None) -> dict[str, float | None]:
-        """Cameras with no message for more than ``timeout`` seconds: name -> seconds since its last message, or
-        None for a camera never heard from (reported once ``now - since > timeout``; ``since``: start time)."""
+    def ages(self, now: float | None = None) -> dict[str, float | None]:
+        """Every camera -> seconds since its last message (None: never heard from)."""
         now = time.monotonic() if now is None else now
-        out: dict[str, float | None] = {}
         with self._cond:
-            for name, t in self._last_arrival.items():
-                if t is None:
-                    if since is not None and now - since > timeout:
-                        out[name] = None
-                elif now - t > timeout:
-                    out[name] = now - t
-        return out
+            return {name: None if t is None else now - t for name, t in self._last_arrival.items()}
 
     def stats(self) -> dict[str, int]:
         with self._cond:

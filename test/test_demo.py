@@ -67,4 +67,7 @@ def test_demo_names_missing_weights(tmp_path):
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     r = subprocess.run([sys.executable, '-m', 'mapkd_ros.demo', '--out', str(tmp_path), '--weights',
                         str(tmp_path / 'nope.safetensors')], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and 'nope.safetensors' in r.stderr and 'not found' in r.stderr
+    # bad input: exit code 2 and one line naming the file (mapkd_core.cli), no traceback
+    assert r.returncode == 2 and 'nope.safetensors' in r.stderr and 'not found' in r.stderr
+    assert r.stderr.strip().startswith('mapkd-demo: error: ') and 'Traceback' not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

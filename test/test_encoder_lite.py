@@ -15,7 +15,7 @@ from mapkd_core.models.blocks import CamEncoder
 from mapkd_core.models.config import EncoderConfig, ModelConfig
 from mapkd_core.models.efficientnet_lite import (LITE_MEAN, LITE_STD, EfficientNetLite, imagenet_weights_file,
                                                  same_padding)
-from mapkd_core.paths import config_path, share_dir
+from mapkd_core.paths import config_path
 
 pytestmark = pytest.mark.filterwarnings('ignore:no ImageNet weights')
 
@@ -107,8 +107,19 @@ def test_lite0_with_another_normalisation_or_b0_from_a_package_is_named():
 
 
 def test_model_files_that_name_no_encoder_build_b0(tmp_path):
-    """The shipped demo student (trained before Lite0) and a config without encoder.name are EfficientNet-B0."""
-    shipped = share_dir() / 'mapkd_ros' / 'weights' / 'student_demo.safetensors'
+    """A weights file written before Lite0 existed (its embedded config names no encoder) and a config without
+    encoder.name are EfficientNet-B0."""
+    import yaml
+    from safetensors.torch import save_file
+
+    from mapkd_core.models.io import read_weights, save_weights
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        state, meta = read_weights(save_weights(build_model('student_tiny'), tmp_path / 'new.safetensors'))
+    old_cfg = yaml.safe_load(meta['model_config'])
+    del old_cfg['encoder']['name']  # as the files of the first sessions: no encoder.name key
+    shipped = tmp_path / 'old.safetensors'
+    save_file(state, str(shipped), metadata={**meta, 'model_config': yaml.safe_dump(old_cfg, sort_keys=False)})
     model = load_model(shipped)
     assert model.cfg.encoder.name == 'efficientnet-b0'
     assert type(model.camera.encoder.trunk).__name__ == 'EfficientNet'  # efficientnet-pytorch's B0

@@ -17,7 +17,8 @@ from mapkd_ros.conversions import (ENCODINGS, bytes_to_compressed, camera_info_m
                                    check_image_size, compressed_to_rgb, extrinsic_matrix, image_to_rgb,
                                    intrinsics_for, jpeg_reduction, ns_to_stamp, rgb_to_compressed, rgb_to_image,
                                    stamp_to_ns, transform_to_matrix)
-from mapkd_ros.markers import CLASS_COLORS, markers_to_vectors, prediction_to_markers
+from mapkd_core.constants import CLASS_COLORS, GT_ALPHA, class_bgr8
+from mapkd_ros.markers import markers_to_vectors, prediction_to_markers
 
 
 @pytest.fixture(scope='module')
@@ -198,3 +199,33 @@ def test_markers_delete_all_then_one_line_strip_per_polyline():
     assert set(CLASS_COLORS) == set(CLASS_NAMES[1:]) and len(set(CLASS_COLORS.values())) == 3
     empty = prediction_to_markers(MapPrediction([], 0.0), stamp, 'map')
     assert len(empty.markers) == 1 and empty.markers[0].header.frame_id == 'map'
+
+
+
+def test_node_markers_bag_markers_and_pictures_share_one_colour_per_class():
+    """One colour table: the node's markers (rclpy), a converted bag's ground-truth markers (rosbags types, at
+    GT_ALPHA) and the BEV pictures draw each class in the same colour; the bag's markers read back as the map."""
+    from mapkd_core.config import GridConfig
+    from mapkd_core.eval.pictures import vector_picture
+    from mapkd_ros.bag.convert import _Msgs
+    from mapkd_ros.bag.topics import TopicMap
+
+    polylines = [MapVector(1, [[0, 0], [10, 0.5]], 0.9), MapVector(2, [[5, -3], [5, 3]], 0.8),
+                 MapVector(3, [[-10, 7], [10, 7]], 0.7)]
+    node = prediction_to_markers(MapPrediction(polylines, 1.0), ns_to_stamp(10 ** 9), 'base_link').markers[1:]
+    msgs = _Msgs(TopicMap())
+    raw = msgs.markers(10 ** 9, polylines)
+    bag = msgs.ts.deserialize_cdr(raw, 'visualization_msgs/msg/MarkerArray')
+    assert [m.ns for m in bag.markers[1:]] == [m.ns for m in node] == ['divider', 'ped_crossing', 'boundary']
+    for n, b in zip(node, bag.markers[1:]):
+        r, g, bl, a = CLASS_COLORS[n.ns]
+        assert (n.color.r, n.color.g, n.color.b, n.color.a) == pytest.approx((r, g, bl, a))
+        assert (b.color.r, b.color.g, b.color.b) == pytest.approx((r, g, bl))
+        assert b.color.a == pytest.approx(a * GT_ALPHA) and b.scale.x == pytest.approx(n.scale.x)
+    _, back = markers_to_vectors(bag)
+    assert [v.cls for v in back] == [1, 2, 3] and np.allclose(back[2].points, polylines[2].points)
+    grid = GridConfig(xbound=(-30.0, 30.0, 0.5), ybound=(-15.0, 15.0, 0.5))
+    for vec in polylines:
+        pic = vector_picture([vec], grid, scale=1)
+        colours = {tuple(int(c) for c in px) for px in pic.reshape(-1, 3)}
+        assert class_bgr8(vec.cls) in colours, vec.class_name

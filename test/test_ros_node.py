@@ -123,14 +123,14 @@ class Rig:
     """A StudentNode and a tester node (publishers of the six cameras, subscriber of the outputs) in one private
     context and DDS domain, spun by one executor in a background thread."""
 
-    def __init__(self, pipeline, raw=(), stale_timeout=1.0, **overrides):
+    def __init__(self, pipeline, raw=(), stale_timeout=1.0, warn_period=0.5, **overrides):
         self.ns = f'/t{os.getpid()}_{next(_counter)}'
         self.raw = set(raw)
         self.image_topics = [f'{self.ns}/{c}/image_rect' + ('' if c in self.raw else '_compressed') for c in CAMERAS]
         self.info_topics = [f'{self.ns}/{c}/camera_info' for c in CAMERAS]
         params = params_from_yaml(config_path('student.yaml'), image_topics=self.image_topics,
                                   camera_info_topics=self.info_topics, stale_timeout=stale_timeout,
-                                  warn_period=0.5, **overrides)
+                                  warn_period=warn_period, **overrides)
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=DOMAIN)
         from mapkd_ros.student_node import StudentNode
@@ -469,7 +469,7 @@ def test_console_script_without_a_model_says_what_to_do(tmp_path):
     exe = Path(sys.executable).parent / 'student_node'
     done = subprocess.run([str(exe), '--ros-args', '--params-file', str(config_path('student.yaml')), '-p',
                            'model:=/nonexistent/w.safetensors'], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1
+    assert done.returncode == 2  # bad input, as every mapkd command (mapkd_core.cli)
     assert 'weights file not found: /nonexistent/w.safetensors' in done.stderr + done.stdout
     assert 'Traceback' not in done.stderr
 

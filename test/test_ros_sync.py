@@ -143,14 +143,15 @@ def test_slow_consumer_gets_the_newest_sets_and_nothing_is_lost_or_queued():
     assert sync.stats()['queued'] == 0
 
 
-def test_silent_cameras_are_reported():
+def test_ages_of_each_camera_since_its_last_message():
     sync = ApproximateTimeSync(CAMERAS, slop=0.05)
     sync.add('CAM_FRONT', NS, None, arrival=100.0)
     sync.add('CAM_BACK', NS, None, arrival=101.5)
-    assert sync.silent(1.0, now=101.8) == {'CAM_FRONT': pytest.approx(1.8)}
-    silent = sync.silent(1.0, now=103.0, since=100.0)
-    assert silent['CAM_BACK'] == pytest.approx(1.5) and silent['CAM_FRONT_LEFT'] is None and len(silent) == 6
-    assert sync.silent(1.0, now=100.5, since=100.0) == {}
+    ages = sync.ages(now=101.8)
+    assert ages['CAM_FRONT'] == pytest.approx(1.8) and ages['CAM_BACK'] == pytest.approx(0.3)
+    assert set(ages) == set(CAMERAS) and [ages[c] for c in CAMERAS if c not in ('CAM_FRONT', 'CAM_BACK')] == [None] * 4
+    sync.add('CAM_FRONT', 2 * NS, None, arrival=101.9)  # a newer message restarts the age
+    assert sync.ages(now=102.0)['CAM_FRONT'] == pytest.approx(0.1)
 
 
 def test_keyed_throttle_limits_each_key_on_its_own():

@@ -218,7 +218,62 @@ def test_every_shipped_experiment_config_loads(path):
 
 
 def test_train_limit_spreads_over_the_split():
-    from mapkd_core.train.trainer import spread
+    from mapkd_core.data.dataset import spread
     assert spread(list(range(10)), 3) == [0, 3, 6]  # not the first three: frames are sorted by scene
     assert spread(list(range(10)), 1) == [0]
     assert spread(list(range(4)), 9) == [0, 1, 2, 3]
+
+
+def test_trainer_validation_equals_mapkd_eval(tmp_path, data_yaml):
+    """One evaluation loop: the last epoch's val IoU in epochs.csv is what ``mapkd-eval`` reports for the same
+    weights, split and frames (``val_limit`` and ``--limit`` both spread over the split)."""
+    import csv
+
+    from mapkd_core.eval.cli import main as eval_main
+    cfg = {'stage': 'student', 'model': 'student_tiny', 'data': str(data_yaml), 'train_split': 'mini_train',
+           'val_split': 'mini_val', 'val_limit': 3, 'epochs': 1, 'batch_size': 2, 'train_limit': 4, 'seed': 5}
+    out = tmp_path / 'run'
+    result = Trainer(load_train_config(write_cfg(tmp_path / 'train.yaml', cfg)), out, progress=False).fit()
+    with open(out / 'epochs.csv', encoding='utf-8') as fh:
+        last = list(csv.DictReader(fh))[-1]
+    assert eval_main(['--weights', result['weights'], '--data', str(data_yaml), '--split', 'mini_val', '--limit', '3',
+                      '--out', str(tmp_path / 'eval'), '--quiet', '--batch-size', '1']) == 0
+    report = json.loads((tmp_path / 'eval' / 'report.json').read_text())
+    assert report['samples'] == 3
+    for name, value in report['iou'].items():
+        assert float(last[f'val_iou_{name}']) == pytest.approx(value, abs=1e-5), name
+    assert float(last['val_miou']) == pytest.approx(report['miou'], abs=1e-5)
+    assert report['miou'] > 0  # a real comparison, not 0 == 0 (the student draws some map after 2 steps)
+
+
+def test_stage1_deep_supervision_adds_the_first_stage_segmentation_loss(data_yaml):
+    """``loss.stage1_seg`` adds w x BCE(first-stage logits) to the teacher's loss and back-propagates into the first
+    stage directly (not only through the HD head); a model without a first stage is a ConfigError naming the key."""
+    from mapkd_core.data.dataset import MapDataset, collate
+    from mapkd_core.train.stages import Stage
+
+    base = {'stage': 'teacher', 'model': 'teacher_tiny', 'data': str(data_yaml), 'train_split': 'mini_train',
+            'val_split': None}
+    plain, deep = (Stage(from_dict_cfg({**base, 'loss': {'stage1_seg': w}})) for w in (0.0, 2.0))
+    deep.model.load_state_dict(plain.model.state_dict())
+    batch = collate([MapDataset(plain.data_config(), split='mini_train')[0]])
+    torch.manual_seed(0)
+    a = plain.module(batch)
+    torch.manual_seed(0)
+    b = deep.module(batch)
+    assert 'stage1_seg' not in a and b['stage1_seg'] > 0
+    expected = float(a["total"].detach()) + 2.0 * float(b["stage1_seg"].detach())
+    assert float(b["total"].detach()) == pytest.approx(expected,
+                                                       rel=1e-5)
+    b['stage1_seg'].backward()  # the first-stage term alone reaches the first stage but not the HD head
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in deep.model.conv_bev.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in deep.model.hd.parameters())
+    with pytest.raises(ConfigError, match='stage1_seg'):
+        student = Stage(from_dict_cfg({**base, 'stage': 'student', 'model': 'student_tiny',
+                                       'loss': {'stage1_seg': 1.0}}))
+        student.module(batch)
+
+
+def from_dict_cfg(d: dict) -> TrainConfig:
+    from mapkd_core.config import from_dict
+    return from_dict(TrainConfig, d)

@@ -122,6 +122,16 @@ class MapDataset(Dataset):
         return self.assemble(i, self.raw(i))
 
 
+def spread(frames: list, limit: int) -> list:
+    """``limit`` frames evenly spaced over the split (the first one included), not its first ``limit``: frames are
+    sorted by scene, so a prefix would be a few scenes in one place (e.g. the first drives of geo_train). The
+    trainer (train_limit, val_limit) and ``evaluate`` (limit) both pick frames with it."""
+    if not limit or limit >= len(frames):
+        return frames
+    step = len(frames) / limit
+    return [frames[int(i * step)] for i in range(limit)]
+
+
 def collate(batch: list[dict]) -> dict:
     """Stack tensors along a new batch dimension; strings become lists."""
     out = {k: [b[k] for b in batch] for k in STRING_KEYS if k in batch[0]}

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 __all__ = ['COACH_TGPD_WEIGHT', 'STUDENT_TGPD_COACH_WEIGHT', 'STUDENT_TGPD_TEACHER_WEIGHT', 'TGPD_CHANNELS',
            'TGPD_DIM', 'TGPD_FEATURE_HW', 'TGPD_MSE_WEIGHT', 'TGPD_PATCH', 'TGPD_TAU', 'TgpdLoss',
            'TokenGuidedPatchAttention']
@@ -70,7 +72,7 @@ class TokenGuidedPatchAttention(nn.Module):
                  feature_hw: Optional[tuple[int, int]] = TGPD_FEATURE_HW, normalize: bool = False):
         super().__init__()
         if channels < 1 or patch < 1 or dim < 1:
-            raise ValueError(f'channels, patch and dim must be >= 1, got {channels}, {patch}, {dim}')
+            raise ConfigError(f'TGPD: channels, patch and dim must be >= 1, got {channels}, {patch}, {dim}')
         self.channels = int(channels)
         self.patch = int(patch)
         self.dim = int(dim)
@@ -146,7 +148,7 @@ class TgpdLoss(nn.Module):
                  feature_hw: Optional[tuple[int, int]] = TGPD_FEATURE_HW, normalize: bool = False):
         super().__init__()
         if tau <= 0:
-            raise ValueError(f'tau must be > 0, got {tau}')
+            raise ConfigError(f'TGPD: tau must be > 0, got {tau}')
         self.attention = TokenGuidedPatchAttention(channels, patch, dim, feature_hw)
         self.tau = float(tau)
         self.mse_weight = float(mse_weight)

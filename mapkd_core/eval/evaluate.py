@@ -1,7 +1,9 @@
 """Evaluate a model over a split: pooled IoU, vector AP, speed; JSON report, table and BEV pictures.
 
-``evaluate`` is what ``mapkd-eval`` runs and what the trainer calls for validation (with ``vectors=False`` it only
-measures IoU). The data follows the model: the model config's grid and image size override the data config's, and
+``evaluate`` is the one evaluation loop: ``mapkd-eval`` runs it, and the trainer's validation calls it on its val
+set (``vectors=False``: IoU only; the HD-prior stage passes ``model_input`` to feed masked maps), so ``epochs.csv``
+and ``mapkd-eval`` agree on the same weights and frames (``test_training.py`` holds them together). The data follows
+the model: the model config's grid and image size override the data config's, and
 LiDAR / SD rasters are loaded only for the models that read them.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from ..config import DataConfig, replace
 from ..constants import CLASS_NAMES
-from ..data.dataset import MapDataset, collate
+from ..data.dataset import MapDataset, collate, spread
 from .ap import APConfig, APMeter
 from .iou import IoUMeter
 from .pictures import raster_picture, side_by_side, vector_picture
@@ -44,16 +46,21 @@ def to_device(batch: dict, device) -> dict:
 def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='cpu', batch_size: int = 2,
              workers: int = 0, limit: int | None = None, vectors: bool = True, ap_cfg: APConfig | None = None,
              vec_cfg: VectorizeConfig | None = None, pictures: int = 0, picture_tokens=(), out_dir: Path | None = None,
-             progress: bool = True, dataset: MapDataset | None = None) -> dict:
-    """Run ``model`` over the split and return the report dict (see module docstring)."""
+             progress: bool = True, dataset: MapDataset | None = None, model_input=None) -> dict:
+    """Run ``model`` over the split and return the report dict (see module docstring).
+
+    ``limit`` frames are taken evenly spread over the split (``data.dataset.spread``), as the trainer's ``val_limit``.
+    ``dataset`` replaces the split's dataset (the trainer passes its own, maybe cached, val set). ``model_input``:
+    ``f(batch, batch_index) -> dict | None``, the model's keyword inputs for a batch instead of
+    ``model.forward_batch(batch)`` (None: forward_batch)."""
     from tqdm import tqdm
 
     was_training = model.training
     model.eval().to(device)
-    cfg = data_config_for(model, data_cfg)
-    ds = dataset or MapDataset(cfg, split=split)
+    cfg = dataset.cfg if dataset is not None else data_config_for(model, data_cfg)
+    ds = dataset if dataset is not None else MapDataset(cfg, split=split)
     if limit:
-        ds.frames = ds.frames[:limit]
+        ds.frames = spread(ds.frames, limit)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     iou = IoUMeter()
     ap = APMeter(cfg.grid, ap_cfg)
@@ -63,13 +70,14 @@ def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='c
     drawn = []
     if out_dir and (pictures or picked):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    for batch in tqdm(loader, desc='mapkd-eval', unit='batch', disable=not progress):
+    for b, batch in enumerate(tqdm(loader, desc='mapkd-eval', unit='batch', disable=not progress)):
         batch = to_device(batch, device)
-        if device != 'cpu' and torch.cuda.is_available():
+        if str(device) != 'cpu' and torch.cuda.is_available():
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = model.forward_batch(batch)
-        if device != 'cpu' and torch.cuda.is_available():
+        kwargs = model_input(batch, b) if model_input is not None else None
+        out = model(**kwargs) if kwargs is not None else model.forward_batch(batch)
+        if str(device) != 'cpu' and torch.cuda.is_available():
             torch.cuda.synchronize()
         t_model += time.perf_counter() - t0
         iou.update(out.semantic.float(), batch['semantic'])
@@ -89,7 +97,7 @@ def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='c
             if out_dir and (token in picked or (len(drawn) < pictures and not picked)):
                 drawn.append(_picture(out_dir, token, batch['semantic'][i].cpu().numpy(), sem[i], pred, gt, cfg.grid))
     model.train(was_training)
-    report = {'split': split or cfg.dataset.split, 'samples': n, 'classes': list(CLASS_NAMES), **iou.compute()}
+    report = {'split': split or getattr(ds, 'split', None) or cfg.dataset.split, 'samples': n, 'classes': list(CLASS_NAMES), **iou.compute()}
     if vectors:
         report.update(ap.compute())
     report['timing'] = {'model_ms_per_sample': 1e3 * t_model / max(n, 1),

@@ -7,11 +7,12 @@ import cv2
 import numpy as np
 
 from ..config import GridConfig
+from ..constants import CLASS_NAMES, class_bgr8
 from ..data.vectors import MapVector
 from ..geometry import metres_to_pixel
 
-#: BGR colours per class (background unused): divider red, ped crossing green, boundary blue
-CLASS_COLOURS = {1: (60, 60, 255), 2: (60, 200, 60), 3: (255, 140, 40)}
+#: BGR colours per class index (background unused): constants.CLASS_COLORS, the markers' colours
+CLASS_COLOURS = {c: class_bgr8(c) for c in range(1, len(CLASS_NAMES))}
 
 
 def _finish(img: np.ndarray, scale: int, title: str | None) -> np.ndarray:

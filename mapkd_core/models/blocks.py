@@ -2,7 +2,8 @@
 
 * :class:`CamEncoder`: EfficientNet-B0 (efficientnet-pytorch) or EfficientNet-Lite0 (ours, efficientnet_lite.py)
   stem and MBConv blocks; the stride-32 endpoint is upsampled onto the stride-16 endpoint, concatenated and fused to
-  ``out_channels`` (HDMapNet's ``CamEncode``). The unused classification head of EfficientNet (conv_head, bn1, fc)
+  ``out_channels`` (HDMapNet's ``CamEncode``), and with ``out_stride: 8`` (the edge student) fused once more onto
+  the stride-8 endpoint. The unused classification head of EfficientNet (conv_head, bn1, fc)
   is removed after loading weights, so every parameter learns.
 * :class:`ConvBev`, :class:`ConvUp`, :class:`FeatureExpansion`: the 1/8-resolution bottleneck used by TGPD and the
   SD fusion, its transposed-conv way back up, and the student's 64 -> 192 channel expansion.
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import WeightsMismatchError
+from ..errors import WeightsMismatchError, WeightsNotFoundError
 from .config import DecoderConfig, EncoderConfig
 
 
@@ -60,7 +61,7 @@ def _load_state(path: str, what: str) -> dict:
     from ..paths import resolve_data_path
     p = resolve_data_path(path)
     if not p.is_file():
-        raise FileNotFoundError(f'{what}: weights file not found: {p}')
+        raise WeightsNotFoundError(f'{what}: weights file not found: {p}')
     try:
         state = torch.load(p, map_location='cpu', weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which
@@ -74,7 +75,8 @@ def _load_state(path: str, what: str) -> dict:
 
 
 class CamEncoder(nn.Module):
-    """EfficientNet trunk to stride 32, fused with the stride-16 endpoint: (B, 3, h, w) -> (B, out, h/16, w/16).
+    """EfficientNet trunk to stride 32, fused with the stride-16 endpoint: (B, 3, h, w) -> (B, out, h/16, w/16);
+    with ``cfg.out_stride == 8`` fused once more onto the stride-8 endpoint: (B, out, h/8, w/8).
 
     ``cfg.name`` picks the trunk: EfficientNet-B0 (efficientnet-pytorch, the paper's) or EfficientNet-Lite0
     (:mod:`.efficientnet_lite`, ours). Both give the same endpoints (strides 2 ... 32; 40, 112 and 320 channels at

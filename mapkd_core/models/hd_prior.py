@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import GridConfig
+from ..errors import ConfigError
 from .config import HdConfig
 
 __all__ = ['HdPriorRefiner', 'sincos_position_table', 'block_mask', 'mask_map']
@@ -115,9 +116,9 @@ class HdPriorRefiner(nn.Module):
     def __init__(self, grid: GridConfig, cfg: HdConfig, in_channels: int = 4):
         super().__init__()
         if cfg.dim % cfg.heads:
-            raise ValueError(f'HdPriorRefiner: dim {cfg.dim} must be divisible by heads {cfg.heads}')
+            raise ConfigError(f'HdPriorRefiner: dim {cfg.dim} must be divisible by heads {cfg.heads}')
         if cfg.patch < 1:
-            raise ValueError(f'HdPriorRefiner: patch must be >= 1, got {cfg.patch}')
+            raise ConfigError(f'HdPriorRefiner: patch must be >= 1, got {cfg.patch}')
         p = cfg.patch
         self.H, self.W = grid.H, grid.W
         self.patch = p

@@ -38,7 +38,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ..errors import WeightsMismatchError
+from ..cli import add_debug_flag, command
+from ..errors import WeightsMismatchError, WeightsNotFoundError
 
 __all__ = ['AUTHOR_MODELS', 'ImportReport', 'detect_author_model', 'import_reference', 'inputs_from_reference',
            'main', 'map_reference_state', 'read_reference_checkpoint']
@@ -256,7 +257,7 @@ def read_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     or a ``{'model': ...}`` / ``{'state_dict': ...}`` wrapper; DataParallel's ``module.`` prefix removed."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'checkpoint not found: {path}')
+        raise WeightsNotFoundError(f'checkpoint not found: {path}')
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError for objects that need code, or a corrupt / foreign file
@@ -521,10 +522,10 @@ def inputs_from_reference(ref: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
+@command('mapkd-import')
 def main(argv=None) -> int:
     """``mapkd-import``: convert one of the authors' checkpoints into our safetensors model file."""
     import argparse
-    import sys
     p = argparse.ArgumentParser(
         prog='mapkd-import',
         description="Import a MapKD / P-MapNet / HDMapNet checkpoint of the authors' code into our model file "
@@ -537,17 +538,13 @@ def main(argv=None) -> int:
     p.add_argument('--config', default=None,
                    help='our model config to build (YAML path or shipped name; default: the paper-size config of '
                         'the matching model)')
+    add_debug_flag(p)
     args = p.parse_args(argv)
-    from ..errors import MapkdError
-    try:
-        ckpt = Path(args.checkpoint)
-        state = read_reference_checkpoint(ckpt)
-        author = args.model or detect_author_model(state)
-        out = Path(args.out) if args.out else ckpt.with_name(f'{ckpt.stem}_{AUTHOR_MODELS[author]}.safetensors')
-        _, report = import_reference(ckpt, out, author=author, model_config=args.config, log=print)
-    except (MapkdError, FileNotFoundError, ValueError) as exc:
-        print(f'mapkd-import: error: {exc}', file=sys.stderr)
-        return 2
+    ckpt = Path(args.checkpoint)
+    state = read_reference_checkpoint(ckpt)
+    author = args.model or detect_author_model(state)
+    out = Path(args.out) if args.out else ckpt.with_name(f'{ckpt.stem}_{AUTHOR_MODELS[author]}.safetensors')
+    import_reference(ckpt, out, author=author, model_config=args.config, log=print)
     return 0
 
 

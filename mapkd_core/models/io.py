@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from ..config import from_dict, to_dict
-from ..errors import WeightsMismatchError
+from ..errors import WeightsMismatchError, WeightsNotFoundError
 from .blocks import describe_mismatch
 from .config import ModelConfig
 
@@ -51,7 +51,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'weights file not found: {path}')
+        raise WeightsNotFoundError(f'weights file not found: {path}')
     try:
         with safe_open(str(path), framework='pt') as fh:
             meta = fh.metadata() or {}
@@ -119,7 +119,7 @@ def load_any(path: str | Path, model_config: str | Path | None = None, map_locat
     from .networks import build_model
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'weights file not found: {path}')
+        raise WeightsNotFoundError(f'weights file not found: {path}')
     if path.suffix == '.pt':
         try:
             ckpt = torch.load(path, map_location='cpu', weights_only=True)

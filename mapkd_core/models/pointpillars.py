@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import GridConfig
+from ..errors import ConfigError
 from ..geometry import bev_affine, index_to_metres
 from .config import PillarsConfig
 
@@ -68,9 +69,9 @@ class PointPillarsEncoder(nn.Module):
     def __init__(self, grid: GridConfig, cfg: PillarsConfig, out_channels: int = 128, point_features: int = 5):
         super().__init__()
         if point_features < 3:
-            raise ValueError(f'points need at least x, y, z; got point_features={point_features}')
+            raise ConfigError(f'points need at least x, y, z; got point_features={point_features}')
         if len(cfg.backbone_channels) != 3 or len(cfg.backbone_layers) != 3:
-            raise ValueError('PillarsConfig.backbone_channels and backbone_layers must have three entries each')
+            raise ConfigError('PillarsConfig.backbone_channels and backbone_layers must have three entries each')
         self.grid = grid
         self.H, self.W = grid.H, grid.W
         self.raw_features = point_features

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .config import SdConfig
 
 __all__ = ['SdCrossAttention', 'sine_position_encoding']
@@ -117,9 +118,9 @@ class SdCrossAttention(nn.Module):
         super().__init__()
         d = cfg.d_model
         if d % cfg.heads:
-            raise ValueError(f'SdCrossAttention: d_model {d} must be divisible by heads {cfg.heads}')
+            raise ConfigError(f'SdCrossAttention: d_model {d} must be divisible by heads {cfg.heads}')
         if d % 4:
-            raise ValueError(f'SdCrossAttention: d_model {d} must be a multiple of 4 (2-D sine encoding)')
+            raise ConfigError(f'SdCrossAttention: d_model {d} must be a multiple of 4 (2-D sine encoding)')
         c0, c1 = cfg.osm_channels
         self.d_model = d
         self.conv_osm = nn.Sequential(

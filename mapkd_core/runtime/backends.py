@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import BACKENDS
 from ..errors import MapkdError
 from .export import INPUTS, OUTPUTS, file_sha256
 
-BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 
 
 class BackendUnavailableError(MapkdError, RuntimeError):
@@ -63,7 +63,15 @@ class OnnxRuntimeBackend:
                 raise BackendUnavailableError(f'onnxruntime backend on {device}: this onnxruntime has no CUDA provider '
                                               f'(available: {available}); install onnxruntime-gpu or use device cpu')
             providers = ['CUDAExecutionProvider', 'CPUExecutionProvider']
+        # all graph optimisations (incl. the NCHWc layout), one operator at a time with ``threads`` intra-op threads
+        # (0: one per physical core), no inter-op pool, and no spin-waiting between operators: on a shared CPU (the
+        # node beside the camera drivers) spinning threads take cores from the other processes and, here, made
+        # inference 10% slower
         opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
         if threads:
             opts.intra_op_num_threads = threads
         try:

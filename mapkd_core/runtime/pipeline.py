@@ -19,7 +19,7 @@ from ..data.vectors import MapVector
 from ..eval.vectorize import VectorizeConfig, vectorize
 from ..models.io import load_model
 from .backends import BACKENDS, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
-from .export import check_onnx_matches, export_onnx, file_sha256
+from .export import EXPORT_FORMAT, check_onnx_matches, export_onnx, file_sha256
 from .preprocess import prepare_inputs
 
 
@@ -43,12 +43,13 @@ class Pipeline:
     """Load a model package once; call with six images and their calibration.
 
     ``backend``: 'torch', 'onnxruntime' or 'tensorrt'; ``device``: 'cpu' or 'cuda' ('cuda:N');
-    ``fp16``: half precision on the GPU (torch autocast / TensorRT FP16).
+    ``fp16``: half precision on the GPU (torch autocast / TensorRT FP16); ``threads``: ONNX Runtime's intra-op
+    threads (0: its default, one per physical core; torch's are global: ``torch.set_num_threads``).
     """
 
     def __init__(self, weights: str | Path, backend: str = 'torch', device: str = 'cpu', onnx: str | Path | None = None,
                  engine_cache: str | Path | None = None, fp16: bool = False, vectorize_cfg: VectorizeConfig | None = None,
-                 frame_id: str = 'base_link', cache_dir: str | Path | None = None, log=print):
+                 frame_id: str = 'base_link', cache_dir: str | Path | None = None, log=print, threads: int = 0):
         if backend not in BACKENDS:
             raise ValueError(f'unknown backend {backend!r}: use one of {", ".join(BACKENDS)}')
         self.weights = Path(weights)
@@ -69,14 +70,14 @@ class Pipeline:
         check_onnx_matches(onnx, self.weights)
         self.onnx = onnx
         if backend == 'onnxruntime':
-            self.backend = OnnxRuntimeBackend(onnx, device)
+            self.backend = OnnxRuntimeBackend(onnx, device, threads=threads)
         else:
             self.backend = TensorRTBackend(onnx, fp16=fp16, cache_dir=engine_cache, device=device, log=log)
 
     def _cached_onnx(self, cache_dir, log) -> Path:
         from .backends import default_engine_cache
         root = Path(cache_dir) if cache_dir else default_engine_cache().parent / 'onnx'
-        path = root / f'{self.cfg.name}_{file_sha256(self.weights)[:16]}.onnx'
+        path = root / f'{self.cfg.name}_{file_sha256(self.weights)[:16]}_f{EXPORT_FORMAT}.onnx'
         if not path.is_file():
             log(f'exporting {self.weights} to ONNX (once): {path}')
             export_onnx(self.model, path, self.weights)

@@ -4,8 +4,7 @@ For each sample of the split: cameras and image sizes, LiDAR points after sweep 
 truth elements and raster pixels per class, SD-prior road coverage; and a picture per sample with the six cameras
 (LiDAR points projected on them) beside the BEV ground truth over the SD prior. Default: the bundled real keyframe.
 
-This is what ``make demo`` runs until the full demo (node + bag replay, issue 9) exists. It shows data, never model
-output.
+It shows data, never model output (``mapkd-demo`` runs the whole loop with a model: node, bag replay, scores).
 """
 from __future__ import annotations
 
@@ -18,12 +17,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..cli import add_debug_flag, command
 from ..config import DataConfig, load_config
 from ..constants import CLASS_NAMES
-from ..errors import MapkdError
+from ..errors import SplitError, UsageError
 from ..eval.pictures import raster_picture
 from ..geometry import project_points
 from ..paths import config_path
+
 
 def camera_mosaic(frame, lidar: np.ndarray | None, tile_w: int = 400) -> np.ndarray:
     """The six cameras at ``tile_w`` px wide, LiDAR points (coloured by depth) blended over them, 3 per row."""
@@ -62,7 +63,7 @@ def pick_frames(ds, kinds: list[str]) -> list[int]:
 
     table = Path(ds.dataroot) / 'drives.json.gz'
     if not table.is_file():
-        raise MapkdError(f'--pick needs a dataroot with virtual drives (mapkd-synth --drives): no {table}')
+        raise UsageError(f'--pick needs a dataroot with virtual drives (mapkd-synth --drives): no {table}')
     with gzip.open(table, 'rt', encoding='utf-8') as fh:
         rows = {(r['scene'], r['k']): r for r in json.load(fh)['keyframes']}
     position = {}  # frame index -> (scene, k) with k the keyframe's rank in its scene
@@ -74,11 +75,11 @@ def pick_frames(ds, kinds: list[str]) -> list[int]:
     out = []
     for kind in kinds:
         if kind not in kinds_all:
-            raise MapkdError(f'--pick: unknown kind {kind!r}; use {", ".join(kinds_all)}')
+            raise UsageError(f'--pick: unknown kind {kind!r}; use {", ".join(kinds_all)}')
         has = [i for i in position if position[i] in rows and rows[position[i]][kind]]
         only = [i for i in has if not any(rows[position[i]][k] for k in kinds_all if k != kind)]
         if not has:
-            raise MapkdError(f'--pick: no keyframe of this split has a {kind} in its patch')
+            raise SplitError(f'--pick: no keyframe of this split has a {kind} in its patch')
         out.append((only or has)[len(only or has) // 2])
     return out
 
@@ -142,6 +143,7 @@ def inspect(cfg: DataConfig, split: str | None, out_dir: Path | None, limit: int
     return 0
 
 
+@command('mapkd-inspect-data')
 def main(argv=None) -> int:
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     p = argparse.ArgumentParser(prog='mapkd-inspect-data', description=__doc__.split('\n')[0])
@@ -153,15 +155,12 @@ def main(argv=None) -> int:
     p.add_argument('--out', default='outputs/inspect', help='folder for pictures ("" for none)')
     p.add_argument('--pick', default='', help='with a synthetic-drives dataroot: comma-separated kinds '
                    '(crossing, intersection, curve); draws one keyframe with each in its patch instead of the first')
+    add_debug_flag(p)
     args = p.parse_args(argv)
     overrides = {'dataset': {k: v for k, v in (('dataroot', args.dataroot), ('version', args.version)) if v}}
-    try:
-        cfg = load_config(args.config or config_path('data/bundled.yaml'), overrides=overrides)
-        return inspect(cfg, args.split, Path(args.out) if args.out else None, args.limit,
-                       [k for k in args.pick.split(',') if k])
-    except MapkdError as exc:
-        print(f'mapkd-inspect-data: error: {exc}', file=sys.stderr)
-        return 2
+    cfg = load_config(args.config or config_path('data/bundled.yaml'), overrides=overrides)
+    return inspect(cfg, args.split, Path(args.out) if args.out else None, args.limit,
+                   [k for k in args.pick.split(',') if k])
 
 
 if __name__ == '__main__':

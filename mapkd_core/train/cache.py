@@ -105,9 +105,6 @@ class CachedMapDataset(MapDataset):
         _atomic_write(path, lambda fh: np.savez(fh, **raw))
         return raw
 
-    def cached_fraction(self) -> float:
-        return sum(self._path(i).is_file() for i in range(len(self))) / max(len(self), 1)
-
 
 class CachedOutput:
     """The parts of a frozen model's ``MapOutput`` that the distillation losses read."""

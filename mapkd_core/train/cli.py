@@ -13,13 +13,16 @@ import os
 import sys
 from pathlib import Path
 
+from ..cli import add_debug_flag, command
+from ..errors import OutputExistsError, UsageError
+
 
 def parse_sets(items) -> dict:
     import yaml
     out: dict = {}
     for item in items or []:
         if '=' not in item:
-            raise ValueError(f'--set needs key=value, got {item!r}')
+            raise UsageError(f'--set needs key=value, got {item!r}')
         key, value = item.split('=', 1)
         node = out
         parts = key.split('.')
@@ -29,6 +32,7 @@ def parse_sets(items) -> dict:
     return out
 
 
+@command('mapkd-train')
 def main(argv=None) -> int:
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     p = argparse.ArgumentParser(prog='mapkd-train', description=__doc__.split('\n')[0])
@@ -38,25 +42,21 @@ def main(argv=None) -> int:
     p.add_argument('--no-resume', action='store_true', help='fail if the output folder has a checkpoint')
     p.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a config key (repeatable)')
     p.add_argument('--quiet', action='store_true')
+    add_debug_flag(p)
     args = p.parse_args(argv)
 
-    from ..errors import MapkdError
     from .config import load_train_config
     from .trainer import CHECKPOINT, Trainer
 
     out = Path(args.out) if args.out else Path('runs') / Path(args.config).stem
+    cfg = load_train_config(args.config, parse_sets(args.set))
+    if args.no_resume and (out / CHECKPOINT).is_file():
+        raise OutputExistsError(f'{out / CHECKPOINT} exists (drop --no-resume to continue it, or choose another --out)')
+    trainer = Trainer(cfg, out, device=args.device, resume=not args.no_resume, progress=not args.quiet)
     try:
-        cfg = load_train_config(args.config, parse_sets(args.set))
-        if args.no_resume and (out / CHECKPOINT).is_file():
-            raise ValueError(f'{out / CHECKPOINT} exists (drop --no-resume to continue it, or choose another --out)')
-        trainer = Trainer(cfg, out, device=args.device, resume=not args.no_resume, progress=not args.quiet)
-        try:
-            result = trainer.fit()
-        finally:
-            trainer.close()
-    except (MapkdError, ValueError, FileNotFoundError) as exc:
-        print(f'mapkd-train: error: {exc}', file=sys.stderr)
-        return 2
+        result = trainer.fit()
+    finally:
+        trainer.close()
     if trainer.rank == 0:
         last = result['history'][-1] if result['history'] else {}
         print(f'done: {result["epochs"]} epochs, {result["steps"]} steps in {result["seconds"]:.0f} s; '

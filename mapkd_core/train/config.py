@@ -30,6 +30,11 @@ class LossWeights:
     pos_weight: float = 2.13
     delta_v: float = 0.5
     delta_d: float = 3.0
+    #: deep supervision of a prior-fused model's first-stage semantic logits (``features['stage1_semantic']``, the
+    #: input of the HD-prior head) with the segmentation loss, at this weight. 0 (the method) trains the first stage
+    #: only through the HD head. P-MapNet instead trains the first stage (C+L+SD) alone for 30 epochs before adding
+    #: the MAE head; at the CPU budget one joint run with this term stands in for that schedule (docs/training.md).
+    stage1_seg: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ class TrainConfig:
     hd_pretrain: HdPretrainConfig = field(default_factory=HdPretrainConfig)
     #: validation every N epochs (IoU on val_split); 0 = never
     val_every: int = 1
-    #: limit samples per epoch / for validation (0 = all), evenly spaced over the split (trainer.spread)
+    #: limit samples per epoch / for validation (0 = all), evenly spaced over the split (data.dataset.spread)
     train_limit: int = 0
     val_limit: int = 0
     log_every: int = 10

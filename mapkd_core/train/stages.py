@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import DataConfig, load_config, merge, replace
+from ..config import DataConfig, merge, replace
 from ..distill import MsrdLoss, TaskLoss, TgpdLoss
-from ..errors import ConfigError, WeightsMismatchError
+from ..errors import ConfigError, ConfigNotFoundError, WeightsMismatchError
 from ..models import build_model
 from ..models.blocks import describe_mismatch
 from ..models.io import load_any, read_weights
@@ -69,7 +69,7 @@ def resolve_config_path(value: str) -> Path:
     q = config_dir() / value
     if q.is_file():
         return q
-    raise ConfigError(f'config not found: {value} (neither a file nor config/{value})')
+    raise ConfigNotFoundError(f'config not found: {value} (neither a file nor config/{value})')
 
 
 class TrainModule(nn.Module):
@@ -97,6 +97,13 @@ class TrainModule(nn.Module):
         out = self.model(**model_input) if model_input is not None else self.model.forward_batch(batch)
         losses = self.task(out, batch)
         total = losses['total']
+        if self.cfg.loss.stage1_seg > 0:
+            stage1 = out.features.get('stage1_semantic') if out.features else None
+            if stage1 is None:
+                raise ConfigError(f'loss.stage1_seg: {self.cfg.model} has no first-stage semantic output '
+                                  f'(only prior-fused models with an HD head have one)')
+            losses['stage1_seg'] = self.task.segmentation(stage1, batch['semantic'])
+            total = total + self.cfg.loss.stage1_seg * losses['stage1_seg']
         if self.msrd is not None:
             m = self.msrd(out.semantic, batch['semantic'],
                           teacher_logits=teacher_out.semantic if teacher_out is not None else None,
@@ -192,6 +199,3 @@ class Stage:
 def _is_name(value: str) -> bool:
     return '/' not in value and not value.endswith('.yaml')
 
-
-def load_data_config(path: str) -> DataConfig:
-    return load_config(resolve_config_path(path))

@@ -28,9 +28,9 @@ import torch.distributed as dist
 import yaml
 
 from ..config import to_dict
+from ..errors import ConfigError
 from ..constants import CLASS_NAMES
-from ..data.dataset import MapDataset, collate
-from ..eval.iou import IoUMeter
+from ..data.dataset import MapDataset, collate, spread
 from ..models.io import model_config_yaml, save_weights
 from .cache import CachedMapDataset, FrozenOutputCache, data_key
 from .config import TrainConfig
@@ -54,14 +54,6 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-
-def spread(frames: list, limit: int) -> list:
-    """``limit`` frames evenly spaced over the split (the first one included), not its first ``limit``: frames are
-    sorted by scene, so a prefix would be a few scenes in one place (e.g. the first drives of geo_train)."""
-    if limit >= len(frames):
-        return frames
-    step = len(frames) / limit
-    return [frames[int(i * step)] for i in range(limit)]
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, device: str | None = None, resume: bool = True,
@@ -99,7 +91,7 @@ class Trainer:
         self.module = self.stage.module
         params = self.stage.trainable_parameters()
         if not params:
-            raise ValueError('nothing to train: every parameter is frozen')
+            raise ConfigError(f'{cfg.model}: nothing to train: every parameter is frozen (freeze:)')
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
         self.amp = self.device.type == 'cuda' and cfg.amp != 'off'
@@ -137,7 +129,7 @@ class Trainer:
         # caching changes no result: a run may resume with it switched on or off
         changed = sorted(k for k in now if k not in ('epochs', 'cache') and saved_cfg.get(k) != now[k])
         if changed:
-            raise ValueError(f'{path} was written by a run with another config (different: {changed}); use another '
+            raise ConfigError(f'{path} was written by a run with another config (different: {changed}); use another '
                              f'output folder or --no-resume')
         self.stage.model.load_state_dict(ckpt['model'], strict=True)
         if self.module.tgpd is not None:
@@ -241,23 +233,17 @@ class Trainer:
             outs.append(out)
         return tuple(outs)
 
-    @torch.no_grad()
     def validate(self) -> dict:
-        """IoU of the trained model on the validation split (the hd_prior stage reconstructs masked maps)."""
-        model = self.stage.model
-        was = model.training
-        model.eval()
-        meter = IoUMeter()
-        loader = torch.utils.data.DataLoader(self.val_set, batch_size=self.cfg.batch_size, collate_fn=collate,
-                                             num_workers=self.cfg.workers)
-        for i, batch in enumerate(loader):
-            batch = self._to_device(batch)
-            gen = torch.Generator(device=self.device).manual_seed(12345 + i)
-            model_input = self.stage.model_input(batch, gen)
-            out = model(**model_input) if model_input is not None else model.forward_batch(batch)
-            meter.update(out.semantic.float(), batch['semantic'])
-        model.train(was)
-        return meter.compute()
+        """IoU of the trained model on the validation split, with ``mapkd-eval``'s loop (``eval.evaluate``; the
+        hd_prior stage reconstructs block-masked maps, the same masks every epoch)."""
+        from ..eval.evaluate import evaluate
+
+        def model_input(batch, i):
+            return self.stage.model_input(batch, torch.Generator(device=self.device).manual_seed(12345 + i))
+        report = evaluate(self.stage.model, self.data_cfg, device=str(self.device), batch_size=self.cfg.batch_size,
+                          workers=self.cfg.workers, vectors=False, progress=False, dataset=self.val_set,
+                          model_input=model_input)
+        return {'iou': report['iou'], 'miou': report['miou']}
 
     @torch.no_grad()
     def replica_spread(self) -> float:

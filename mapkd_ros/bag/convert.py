@@ -55,12 +55,14 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from mapkd_core.cli import add_debug_flag, command
 from mapkd_core.config import DataConfig, GridConfig, MapGtConfig
-from mapkd_core.constants import CAMERAS, CLASS_NAMES
-from mapkd_core.errors import (CorruptSensorFileError, DatasetNotFoundError, MapkdError, MissingSensorFileError,
+from mapkd_core.constants import CAMERAS, GT_ALPHA
+from mapkd_core.errors import (CorruptSensorFileError, DatasetNotFoundError, MissingSensorFileError, OutputExistsError,
                                SplitError, UnknownMapError)
 from mapkd_core.geometry import make_transform, matrix_to_quaternion
 
+from ..markers import polyline_markers
 from . import BagError
 from .topics import TopicMap, load_topic_map
 
@@ -73,8 +75,6 @@ BAG_VERSION = 8
 #: the tables nuscenes-devkit loads (it fails on any missing one)
 TABLES = ('category', 'attribute', 'visibility', 'instance', 'sensor', 'calibrated_sensor', 'ego_pose', 'log',
           'scene', 'sample', 'sample_data', 'sample_annotation', 'map')
-#: marker colours (RGBA, 0..1) per class: divider red, ped crossing green, boundary blue (as the eval pictures)
-CLASS_RGBA = {1: (1.0, 0.24, 0.24, 1.0), 2: (0.24, 0.78, 0.24, 1.0), 3: (0.16, 0.55, 1.0, 1.0)}
 #: line width of the ground-truth markers, metres
 MARKER_WIDTH = 0.2
 
@@ -88,7 +88,7 @@ _TYPES = {
 }
 
 
-class BagExistsError(BagError, FileExistsError):
+class BagExistsError(BagError, OutputExistsError):
     """The output bag exists and ``overwrite`` was not given."""
 
 
@@ -156,33 +156,26 @@ class _Msgs:
     def tf(self, transforms: list, kind: str = 'tf') -> bytes:
         return self.ser(self.t['tf2_msgs/msg/TFMessage'](transforms=transforms), kind)
 
-    def _marker(self, header, ns: str, mid: int, mtype: int, action: int, points, rgba):
+    def markers(self, stamp_ns: int, vectors) -> bytes:
+        """The ground-truth MarkerArray: the node's marker description (``mapkd_ros.markers.polyline_markers``,
+        the same class colours) at ``GT_ALPHA``, in rosbags message types."""
         t = self.t
+        header = self.header(stamp_ns, self.topics.ego_frame)
         pose = t['geometry_msgs/msg/Pose'](position=t['geometry_msgs/msg/Point'](x=0.0, y=0.0, z=0.0),
                                            orientation=t['geometry_msgs/msg/Quaternion'](x=0.0, y=0.0, z=0.0, w=1.0))
         empty_image = t['sensor_msgs/msg/CompressedImage'](header=self.header(0, ''), format='',
                                                            data=np.zeros(0, dtype=np.uint8))
-        return t['visualization_msgs/msg/Marker'](
-            header=header, ns=ns, id=int(mid), type=int(mtype), action=int(action), pose=pose,
-            scale=t['geometry_msgs/msg/Vector3'](x=MARKER_WIDTH, y=0.0, z=0.0),
-            color=t['std_msgs/msg/ColorRGBA'](r=rgba[0], g=rgba[1], b=rgba[2], a=rgba[3]),
+        out = [t['visualization_msgs/msg/Marker'](
+            header=header, ns=spec.ns, id=spec.id, type=spec.type, action=spec.action, pose=pose,
+            scale=t['geometry_msgs/msg/Vector3'](x=spec.width, y=0.0, z=0.0),
+            color=t['std_msgs/msg/ColorRGBA'](r=spec.rgba[0], g=spec.rgba[1], b=spec.rgba[2], a=spec.rgba[3]),
             lifetime=t['builtin_interfaces/msg/Duration'](sec=0, nanosec=0), frame_locked=False,
-            points=[t['geometry_msgs/msg/Point'](x=float(x), y=float(y), z=0.0) for x, y in points],
-            colors=[], texture_resource='', texture=empty_image, uv_coordinates=[], text='', mesh_resource='',
+            points=[t['geometry_msgs/msg/Point'](x=x, y=y, z=0.0) for x, y in spec.points],
+            colors=[], texture_resource='', texture=empty_image, uv_coordinates=[], text=spec.text, mesh_resource='',
             mesh_file=t['visualization_msgs/msg/MeshFile'](filename='', data=np.zeros(0, dtype=np.uint8)),
             mesh_use_embedded_materials=False)
-
-    def markers(self, stamp_ns: int, vectors) -> bytes:
-        m = self.t['visualization_msgs/msg/Marker']
-        header = self.header(stamp_ns, self.topics.ego_frame)
-        out = [self._marker(header, '', 0, m.LINE_STRIP, m.DELETEALL, [], (0.0, 0.0, 0.0, 0.0))]
-        ids: dict[int, int] = {}
-        for v in vectors:
-            i = ids.get(v.cls, 0)
-            ids[v.cls] = i + 1
-            out.append(self._marker(header, CLASS_NAMES[v.cls], i, m.LINE_STRIP, m.ADD, v.points,
-                                    CLASS_RGBA.get(v.cls, (1.0, 1.0, 1.0, 1.0))))
-        return self.ser(self.t['visualization_msgs/msg/MarkerArray'](markers=out), 'map_gt')
+            for spec in polyline_markers(vectors, MARKER_WIDTH, alpha=GT_ALPHA, scores=False)]
+        return self.ser(t['visualization_msgs/msg/MarkerArray'](markers=out), 'map_gt')
 
 
 def _qos_latched():
@@ -539,25 +532,23 @@ def build_parser() -> argparse.ArgumentParser:
                                          '(default: the paper grid, 60 m x 30 m at 0.15 m)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing output bag')
     p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bar')
+    add_debug_flag(p)
     return p
 
 
+@command('mapkd-bag-convert')
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        grid = map_gt_cfg = None
-        if args.data_config:
-            from mapkd_core.config import load_config
-            cfg = load_config(args.data_config, DataConfig)
-            grid, map_gt_cfg = cfg.grid, cfg.map_gt
-        summary = convert(args.dataroot, args.out, version=args.version, scenes=_csv(args.scenes),
-                          split=args.split, start=args.start, end=args.end, keyframes_only=args.keyframes_only,
-                          storage=args.storage, topics=args.topics, overwrite=args.overwrite,
-                          channels=tuple(_csv(args.channels) or CHANNELS), map_gt=args.map_gt, grid=grid,
-                          map_gt_cfg=map_gt_cfg, progress=args.progress and sys.stderr.isatty())
-    except (MapkdError, FileNotFoundError, ValueError) as exc:
-        print(f'mapkd-bag-convert: error: {exc}', file=sys.stderr)
-        return 2
+    grid = map_gt_cfg = None
+    if args.data_config:
+        from mapkd_core.config import load_config
+        cfg = load_config(args.data_config, DataConfig)
+        grid, map_gt_cfg = cfg.grid, cfg.map_gt
+    summary = convert(args.dataroot, args.out, version=args.version, scenes=_csv(args.scenes),
+                      split=args.split, start=args.start, end=args.end, keyframes_only=args.keyframes_only,
+                      storage=args.storage, topics=args.topics, overwrite=args.overwrite,
+                      channels=tuple(_csv(args.channels) or CHANNELS), map_gt=args.map_gt, grid=grid,
+                      map_gt_cfg=map_gt_cfg, progress=args.progress and sys.stderr.isatty())
     print(format_summary(summary))
     return 0
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
-from mapkd_core.errors import MapkdError
+from mapkd_core.cli import add_debug_flag, command
 
 from . import BagError
 
@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='longest pause in seconds of bag time (longer gaps are shortened; default 1)')
     p.add_argument('--qos-depth', type=int, default=100, help='publisher history depth (default 100)')
     p.add_argument('--best-effort', action='store_true', help='best-effort QoS instead of reliable')
+    add_debug_flag(p)
     return p
 
 
@@ -289,23 +290,17 @@ def split_ros_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return ours, ros
 
 
+@command('mapkd-bag-play')
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ours, ros = split_ros_args(argv)
+    ours, ros = split_ros_args(list(argv))
     ros_args = ['mapkd-bag-play'] + ros
     args = build_parser().parse_args(ours)
-    try:
-        topics = [t.strip() for t in args.topics.split(',') if t.strip()] if args.topics else None
-        play(args.bag, rate=args.rate, loop=args.loop, loops=args.loops, remap=parse_remap(args.remap),
-             wait_for_subscribers=args.wait_subscribers, topics=topics, wait_for=args.wait_for or None,
-             max_gap=args.max_gap, depth=args.qos_depth,
-             reliability='best_effort' if args.best_effort else 'reliable', ros_args=ros_args,
-             log=lambda m: print(m, flush=True))
-    except (MapkdError, ValueError) as exc:
-        print(f'mapkd-bag-play: error: {exc}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    topics = [t.strip() for t in args.topics.split(',') if t.strip()] if args.topics else None
+    play(args.bag, rate=args.rate, loop=args.loop, loops=args.loops, remap=parse_remap(args.remap),
+         wait_for_subscribers=args.wait_subscribers, topics=topics, wait_for=args.wait_for or None,
+         max_gap=args.max_gap, depth=args.qos_depth,
+         reliability='best_effort' if args.best_effort else 'reliable', ros_args=ros_args,
+         log=lambda m: print(m, flush=True))
     return 0
 
 

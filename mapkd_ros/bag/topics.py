@@ -28,7 +28,7 @@ from typing import Optional
 
 import yaml
 
-from mapkd_core.errors import ConfigError
+from mapkd_core.errors import ConfigError, ConfigNotFoundError
 
 #: ROS 2 topic-name rule for the fully qualified names we write (after ``{channel}`` substitution).
 _TOPIC_RE = re.compile(r'^(/[A-Za-z_][A-Za-z0-9_]*)+$')
@@ -115,7 +115,7 @@ def load_topic_map(path: str | os.PathLike | None = None, channels=('CAM_FRONT',
     path = Path(path)
     where = f'{path}: '
     if not path.is_file():
-        raise ConfigError(f'topic mapping file not found: {path}')
+        raise ConfigNotFoundError(f'topic mapping file not found: {path}')
     try:
         data = yaml.safe_load(path.read_text(encoding='utf-8'))
     except yaml.YAMLError as exc:
