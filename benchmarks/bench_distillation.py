@@ -99,6 +99,26 @@ def evaluate_run(run: dict, val_frames: int, workers: int, mini_frames: int = 0)
     return scores
 
 
+def finished_run(folder: Path) -> dict | None:
+    """A run finished and evaluated by an earlier call (weights, progress.json and eval.json present), as ``train``
+    and ``evaluate_run`` would return it; None otherwise."""
+    weights = sorted(folder.glob('*.safetensors'))
+    progress, scores = folder / 'progress.json', folder / 'eval.json'
+    if len(weights) != 1 or not progress.is_file():
+        return None
+    epochs = folder / 'epochs.csv'
+    seconds = 0.0
+    if epochs.is_file():
+        import csv
+        with open(epochs, encoding='utf-8') as fh:
+            seconds = sum(float(row['seconds']) for row in csv.DictReader(fh))
+    run = {'weights': str(weights[0]), 'steps': json.loads(progress.read_text())['step'], 'train_seconds': seconds,
+           'from_earlier_call': True}
+    if scores.is_file():
+        run['scores'] = json.loads(scores.read_text())['scores']
+    return run
+
+
 def plan(seeds: int) -> list[tuple[str, str, str, dict]]:
     """(row name, run folder, recipe, overrides) in the order they run: the frozen models first, then the students
     seed by seed (each MapKD seed right after its baseline seed), then the single-loss rows."""
@@ -124,6 +144,9 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
     folders = {}
     for name, folder, recipe, over in plan(seeds):
         if only and folder not in only:
+            done = finished_run(out / folder)  # trained by an earlier call: still part of the summary
+            if done is not None:
+                runs[name] = done
             continue
         stage = 'student' if folder.startswith('student') else ('hd_prior' if folder == 'hd_prior' else folder)
         over = {**over, 'epochs': EPOCHS[stage], 'train_limit': train_frames, 'workers': workers,
@@ -143,7 +166,9 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
         partial.update({'complete': False, 'seconds_so_far': time.perf_counter() - t_start})
         write_result('distillation', partial)
     payload = summarize(runs, seeds, train_frames)
-    payload['complete'] = True
+    # complete: every planned row trained and evaluated (also by earlier calls), not just the ones of this call
+    payload['complete'] = all(name in runs and (name == 'HD prior (MAE)' or 'scores' in runs[name])
+                              for name, *_ in plan(seeds))
     payload['seconds_this_call'] = time.perf_counter() - t_start
     path = write_result('distillation', payload)
     print(table(payload))
