@@ -277,3 +277,22 @@ def test_stage1_deep_supervision_adds_the_first_stage_segmentation_loss(data_yam
 def from_dict_cfg(d: dict) -> TrainConfig:
     from mapkd_core.config import from_dict
     return from_dict(TrainConfig, d)
+
+
+def test_resume_accepts_a_checkpoint_written_before_a_config_key_existed(tmp_path, data_yaml):
+    """A key added to TrainConfig later (with its default) does not make an older checkpoint 'another config'; a
+    changed value still does."""
+    cfg = {'stage': 'student', 'model': 'student_tiny', 'data': str(data_yaml), 'train_split': 'mini_train',
+           'val_split': None, 'epochs': 1, 'batch_size': 2, 'train_limit': 2, 'seed': 1}
+    out = tmp_path / 'run'
+    Trainer(load_train_config(write_cfg(tmp_path / 't.yaml', cfg)), out, progress=False).fit()
+    ckpt = torch.load(out / 'checkpoint.pt', weights_only=True)
+    old = yaml.safe_load(ckpt['train_config'])
+    del old['loss']['stage1_seg']  # as written before loss.stage1_seg existed
+    ckpt['train_config'] = yaml.safe_dump(old)
+    torch.save(ckpt, out / 'checkpoint.pt')
+    resumed = Trainer(load_train_config(write_cfg(tmp_path / 't2.yaml', {**cfg, 'epochs': 2})), out, progress=False)
+    assert resumed.epoch == 1
+    with pytest.raises(ConfigError, match='another config'):
+        Trainer(load_train_config(write_cfg(tmp_path / 't3.yaml', {**cfg, 'loss': {'stage1_seg': 0.5}})), out,
+                progress=False)

@@ -27,8 +27,8 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from ..config import to_dict
-from ..errors import ConfigError
+from ..config import from_dict, to_dict
+from ..errors import ConfigError, MapkdError
 from ..constants import CLASS_NAMES
 from ..data.dataset import MapDataset, collate, spread
 from ..models.io import model_config_yaml, save_weights
@@ -125,6 +125,10 @@ class Trainer:
     def _load_checkpoint(self, path: Path) -> None:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
         saved_cfg = yaml.safe_load(ckpt['train_config'])
+        try:  # keys added to TrainConfig since the checkpoint was written take their defaults
+            saved_cfg = to_dict(from_dict(TrainConfig, saved_cfg))
+        except MapkdError:
+            pass
         now = to_dict(self.cfg)
         # caching changes no result: a run may resume with it switched on or off
         changed = sorted(k for k in now if k not in ('epochs', 'cache') and saved_cfg.get(k) != now[k])
