@@ -83,8 +83,10 @@ def evaluate_run(run: dict, val_frames: int, workers: int, mini_frames: int = 0)
         doc = json.loads(cached.read_text())
         if doc.get('key') == key:
             return doc['scores']
-    data_yaml = load_yaml(config_path('data/synthetic_drives.yaml'))
-    data_cfg = from_dict(DataConfig, merge(data_yaml, {'map_gt': {'line_width': 3, 'overlap_extra_width': 2}}))
+    # the data the students trained on: the baseline recipe's data config and its overrides (line widths)
+    recipe = load_yaml(config_path('train/student_edge_cpu_baseline.yaml'))
+    data_yaml = load_yaml(config_path(recipe['data']))
+    data_cfg = from_dict(DataConfig, merge(data_yaml, recipe.get('data_overrides') or {}))
     model = load_any(weights)
     scores = {}
     for split, limit in (('geo_val', val_frames or None), ('mini_val', mini_frames or None)):
