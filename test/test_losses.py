@@ -10,6 +10,7 @@ import torch
 
 from mapkd_core.distill import (DirectionLoss, DiscriminativeLoss, MsrdLoss, SegmentationLoss, TaskLoss, TgpdLoss,
                                 TokenGuidedPatchAttention, msrd_loss)
+from mapkd_core.errors import ConfigError
 from mapkd_core.models import MapOutput
 
 LN3 = math.log(3.0)
@@ -381,3 +382,17 @@ def test_tgpd_normalize_option_ignores_the_scale_of_the_features():
     # standardised features of a perfect student: MSE 0 and identical attention, so the loss is 0
     assert norm(3.0 * teacher, teacher)['tgpd_teacher'].item() == pytest.approx(0.0, abs=1e-5)
     assert 'normalize=True' in repr(norm)
+
+
+def test_tgpd_kl_mean_divides_the_attention_kl_by_its_rows():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 8, 10, 15), torch.randn(2, 8, 10, 15)
+    total = TgpdLoss(channels=8, patch=5, dim=16, feature_hw=(10, 15), mse_weight=0.0)
+    mean = TgpdLoss(channels=8, patch=5, dim=16, feature_hw=(10, 15), mse_weight=0.0, kl_reduction='mean')
+    mean.load_state_dict(total.state_dict())
+    rows = 1 + total.attention.num_patches  # the token + 2 x 3 patches
+    a, b = total(student, teacher)['tgpd_teacher'].item(), mean(student, teacher)['tgpd_teacher'].item()
+    assert a > 0 and b == pytest.approx(a / rows, rel=1e-5)
+    assert 'kl_reduction=mean' in repr(mean)
+    with pytest.raises(ConfigError, match='kl_reduction'):
+        TgpdLoss(channels=8, kl_reduction='rows')

@@ -11,7 +11,8 @@ the (frozen) teacher's and coach's. For each feature map:
    (the reference code applied softmax twice and did not scale).
 
 Loss per target (teacher or coach): ``KL(A_T || A_S)`` summed over all rows and columns and divided by B (PyTorch's
-``kl_div(log A_S, A_T, reduction='batchmean')``, here with log-probabilities on both sides) plus
+``kl_div(log A_S, A_T, reduction='batchmean')``, here with log-probabilities on both sides; ``kl_reduction='mean'``
+also divides it by the 1 + N rows, an option outside the method) plus
 ``mse_weight * MSE(F_S, F_T)`` on the raw features. ``tgpd = teacher_weight * term_T + coach_weight * term_C``.
 
 Decisions (the fixes the method doc recommends, and what the code here does):
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-__all__ = ['COACH_TGPD_WEIGHT', 'STUDENT_TGPD_COACH_WEIGHT', 'STUDENT_TGPD_TEACHER_WEIGHT', 'TGPD_CHANNELS',
+__all__ = ['COACH_TGPD_WEIGHT', 'KL_REDUCTIONS', 'STUDENT_TGPD_COACH_WEIGHT', 'STUDENT_TGPD_TEACHER_WEIGHT', 'TGPD_CHANNELS',
            'TGPD_DIM', 'TGPD_FEATURE_HW', 'TGPD_MSE_WEIGHT', 'TGPD_PATCH', 'TGPD_TAU', 'TgpdLoss',
            'TokenGuidedPatchAttention']
 
@@ -54,6 +55,9 @@ TGPD_FEATURE_HW = (25, 50)
 TGPD_TAU = 1.0
 #: Version C's MSE weight on the raw features.
 TGPD_MSE_WEIGHT = 0.5
+#: How the KL over the (1 + N) x (1 + N) attention map is reduced: 'sum' over rows and columns / B (the method's
+#: ``batchmean``: grows with the number of patches N), or 'mean': that sum also divided by the 1 + N rows.
+KL_REDUCTIONS = ('sum', 'mean')
 #: Loss weights: coach training (train_C.py) and the student (train_s.py; train_final.py has TGPD disabled).
 COACH_TGPD_WEIGHT = 0.8
 STUDENT_TGPD_TEACHER_WEIGHT = 0.5
@@ -145,16 +149,20 @@ class TgpdLoss(nn.Module):
     def __init__(self, channels: int = TGPD_CHANNELS, patch: int = TGPD_PATCH, dim: int = TGPD_DIM,
                  tau: float = TGPD_TAU, mse_weight: float = TGPD_MSE_WEIGHT,
                  teacher_weight: float = STUDENT_TGPD_TEACHER_WEIGHT, coach_weight: float = STUDENT_TGPD_COACH_WEIGHT,
-                 feature_hw: Optional[tuple[int, int]] = TGPD_FEATURE_HW, normalize: bool = False):
+                 feature_hw: Optional[tuple[int, int]] = TGPD_FEATURE_HW, normalize: bool = False,
+                 kl_reduction: str = 'sum'):
         super().__init__()
         if tau <= 0:
             raise ConfigError(f'TGPD: tau must be > 0, got {tau}')
+        if kl_reduction not in KL_REDUCTIONS:
+            raise ConfigError(f'TGPD: kl_reduction must be one of {", ".join(KL_REDUCTIONS)}, got {kl_reduction!r}')
         self.attention = TokenGuidedPatchAttention(channels, patch, dim, feature_hw)
         self.tau = float(tau)
         self.mse_weight = float(mse_weight)
         self.teacher_weight = float(teacher_weight)
         self.coach_weight = float(coach_weight)
         self.normalize = bool(normalize)
+        self.kl_reduction = kl_reduction
 
     @staticmethod
     def standardize(f: Tensor) -> Tensor:
@@ -170,6 +178,8 @@ class TgpdLoss(nn.Module):
         with torch.no_grad():
             log_a_t = self.attention.log_attention(target, self.tau)
         kl = F.kl_div(log_a_s, log_a_t, reduction='batchmean', log_target=True)
+        if self.kl_reduction == 'mean':  # not in the method: the KL of one attention row, whatever N is
+            kl = kl / log_a_s.shape[1]
         return kl + self.mse_weight * F.mse_loss(student_bev.float(), target.float())
 
     def forward(self, student_bev: Tensor, teacher_bev: Optional[Tensor] = None,
@@ -182,4 +192,4 @@ class TgpdLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'tau={self.tau}, mse_weight={self.mse_weight}, teacher_weight={self.teacher_weight}, '
-                f'coach_weight={self.coach_weight}, normalize={self.normalize}')
+                f'coach_weight={self.coach_weight}, normalize={self.normalize}, kl_reduction={self.kl_reduction}')

@@ -52,6 +52,9 @@ class DistillConfig:
     #: standardise both feature maps per sample (zero mean, unit variance over C, H, W) before TGPD; off in the
     #: method (raw features), an option for weak or unnormalised targets (see the README's ablation)
     tgpd_normalize: bool = False
+    #: 'sum' (the method: the attention KL summed over its 1 + N rows, / B) or 'mean' (also / (1 + N)); with the
+    #: method's sum the KL's gradient was about 200x the task loss's on the CPU recipes (docs/training.md)
+    tgpd_kl_reduction: str = 'sum'
 
     @property
     def uses_teacher(self) -> bool:

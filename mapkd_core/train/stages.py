@@ -91,7 +91,8 @@ class TrainModule(nn.Module):
             h, w_ = model.cfg.grid.shape
             self.tgpd = TgpdLoss(channels=bev, patch=d.tgpd_patch, dim=d.tgpd_dim, tau=d.tgpd_tau,
                                  mse_weight=d.tgpd_mse, teacher_weight=d.tgpd_teacher, coach_weight=d.tgpd_coach,
-                                 feature_hw=(h // 8, w_ // 8), normalize=d.tgpd_normalize)
+                                 feature_hw=(h // 8, w_ // 8), normalize=d.tgpd_normalize,
+                                 kl_reduction=d.tgpd_kl_reduction)
 
     def forward(self, batch: dict, teacher_out=None, coach_out=None, model_input: dict | None = None) -> dict:
         out = self.model(**model_input) if model_input is not None else self.model.forward_batch(batch)
