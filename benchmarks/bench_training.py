@@ -18,7 +18,6 @@ import os
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 from benchmarks.harness import write_result
@@ -36,32 +35,14 @@ def default_data() -> tuple[str, str]:
     return 'data/synthetic.yaml', 'mini_train'
 
 
-def frozen_packages(folder: Path) -> dict:
-    import torch
-
-    from mapkd_core.models import build_model, save_weights
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return {name: save_weights(build_model(f'{name}_cpu'), folder / f'{name}.safetensors')
-                for name in ('hd_prior', 'teacher', 'coach')}
-
-
 def recipe(stage: str, data: str, split: str, frozen: dict, batch: int, steps: int, dataroot: str, **over):
-    import yaml
-
     from mapkd_core.config import from_dict, merge
-    from mapkd_core.paths import config_dir
     from mapkd_core.train.config import TrainConfig
-    cfg = yaml.safe_load((config_dir() / 'train' / f'{stage}.yaml').read_text())
+    from mapkd_core.train.recipes import recipe_dict, with_frozen
+    cfg = with_frozen(recipe_dict(stage), frozen)
     cfg.update({'data': data, 'train_split': split, 'val_split': None, 'epochs': 1, 'batch_size': batch,
                 'train_limit': batch * steps, 'log_every': 0,
                 'data_overrides': merge(cfg.get('data_overrides') or {}, {'dataset': {'dataroot': dataroot}})})
-    for role in ('teacher', 'coach'):
-        if role in cfg:
-            cfg[role] = str(frozen[role])
-    if 'init' in cfg:
-        cfg['init']['path'] = str(frozen['hd_prior'])
     cfg.update(over)
     return from_dict(TrainConfig, cfg, source=f'{stage} (benchmark)')
 
@@ -105,7 +86,8 @@ def run(stages, batch: int, steps: int, repeats: int, data: str | None, split: s
     saved_cache = os.environ.get('MAPKD_CACHE')
     results: dict = {}
     try:
-        frozen = frozen_packages(work)
+        from mapkd_core.train.recipes import untrained_frozen
+        frozen = untrained_frozen(work)
         # the synthetic dataroot is found through MAPKD_CACHE: generate or find it first, then point the training
         # caches at the temporary folder (the dataroot's path is resolved once, in the data config)
         from mapkd_core.config import load_yaml

@@ -13,6 +13,7 @@ from mapkd_core.models import build_model, save_weights
 from mapkd_core.models.efficientnet_lite import LITE_MEAN
 from mapkd_core.paths import config_dir
 from mapkd_core.train.config import load_train_config
+from mapkd_core.train.recipes import recipe_dict, untrained_frozen, with_frozen
 from mapkd_core.train.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings('ignore:no ImageNet weights')
@@ -32,23 +33,13 @@ def small_data(tmp_path_factory):
 @pytest.fixture(scope='module')
 def cpu_frozen(tmp_path_factory):
     """Untrained CPU-size hd_prior, teacher and coach packages (ImageNet encoders, the rest random)."""
-    d = tmp_path_factory.mktemp('frozen_cpu')
-    torch.manual_seed(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return {name: save_weights(build_model(f'{name}_cpu'), d / f'{name}.safetensors')
-                for name in ('hd_prior', 'teacher', 'coach')}
+    return untrained_frozen(tmp_path_factory.mktemp('frozen_cpu'), seed=1)
 
 
 def recipe(name: str, data: Path, frozen: dict, **over) -> dict:
-    cfg = yaml.safe_load((config_dir() / 'train' / f'{name}.yaml').read_text())
+    cfg = with_frozen(recipe_dict(name), frozen)
     cfg.update({'data': str(data), 'train_split': 'mini_train', 'val_split': None, 'epochs': 1, 'train_limit': 1,
                 'batch_size': 1, 'workers': 0, 'cache': False, 'log_every': 1})
-    for role in ('teacher', 'coach'):
-        if role in cfg:
-            cfg[role] = str(frozen[role])
-    if 'init' in cfg:
-        cfg['init']['path'] = str(frozen['hd_prior'])
     cfg.update(over)
     return cfg
 

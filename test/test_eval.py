@@ -10,7 +10,7 @@ from mapkd_core.config import GridConfig
 from mapkd_core.constants import CLASS_NAMES
 from mapkd_core.data.vectors import MapVector
 from mapkd_core.eval.ap import (APConfig, APMeter, average_precision, chamfer_matrix, greedy_match, instance_pixels,
-                                iou_matrix, rasterize_instances)
+                                iou_matrix)
 from mapkd_core.eval.iou import IoUMeter
 from mapkd_core.eval.vectorize import VectorizeConfig, cluster_embeddings, skeleton_paths, vectorize
 

@@ -14,7 +14,6 @@ import types
 from pathlib import Path
 
 import pytest
-import yaml
 
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 

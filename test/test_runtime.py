@@ -1,6 +1,5 @@
 """Runtime: ONNX export matches PyTorch, the Pipeline returns polylines in the right frame and place, and bad
 packages give clear errors."""
-import warnings
 
 import cv2
 import numpy as np

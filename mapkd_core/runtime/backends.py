@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import BACKENDS
 from ..errors import MapkdError
 from .export import INPUTS, OUTPUTS, file_sha256
 

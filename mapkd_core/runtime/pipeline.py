@@ -15,10 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ..constants import BACKENDS
 from ..data.vectors import MapVector
 from ..eval.vectorize import VectorizeConfig, vectorize
 from ..models.io import load_model
-from .backends import BACKENDS, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
+from .backends import OnnxRuntimeBackend, TensorRTBackend, TorchBackend
 from .export import EXPORT_FORMAT, check_onnx_matches, export_onnx, file_sha256
 from .preprocess import prepare_inputs
 
