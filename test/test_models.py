@@ -334,3 +334,24 @@ def test_bad_inputs_and_configs_are_named(keyframe):
         build_model('studnet')
     with pytest.raises(ConfigError, match='view.bv_downsample=5'):
         tiny('student', grid={'xbound': [-30.0, 30.0, 0.4], 'ybound': [-15.0, 15.0, 0.4]})  # 75 x 150 cells
+
+
+@pytest.mark.parametrize('name', ('teacher', 'coach', 'student'))
+def test_ground_view_camera_branch(name, keyframe):
+    """``view.kind: ground`` (the CPU teacher and coach): the edge student's ground sampler replaces the MLP view
+    transformer; same outputs, every parameter learns, far fewer parameters, and bad settings are named."""
+    torch.manual_seed(0)
+    cfg = tiny(name, view={'kind': 'ground'}, encoder={'out_stride': 8})
+    model = build_model(cfg).train()
+    assert type(model.camera).__name__ == '_GroundCamera' and not hasattr(model.camera, 'view')
+    out = model.forward_batch(inputs(cfg, keyframe))
+    check_output(out, cfg, 2)
+    (out.semantic.mean() + out.embedding.mean() + out.direction.mean()).backward()
+    dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not dead, f'parameters without gradient: {dead}'
+    mlp = build_model(tiny(name))
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in mlp.parameters())
+    with pytest.raises(ConfigError, match='out_stride'):
+        tiny(name, view={'kind': 'ground'})
+    with pytest.raises(ConfigError, match='view.kind'):
+        tiny(name, view={'kind': 'lss'})

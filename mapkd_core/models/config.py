@@ -54,12 +54,22 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class ViewConfig:
-    """HDMapNet neural view transformer: a per-camera MLP over the flattened feature map, then IPM placement."""
+    """The camera branch's view transform (teacher, coach, paper student).
 
-    #: the camera-frame top-down plane is (H / bv_downsample) x (W / bv_downsample) (40 x 80 on the paper grid)
+    ``mlp`` (the method's, HDMapNet's neural view transformer): a per-camera MLP over the flattened feature map, then
+    IPM placement. ``ground`` (ours, not in the method): the edge student's parameter-free ground-plane sampler (every
+    BEV cell at half the grid resolution projected into the cameras with the given intrinsics and extrinsics, the
+    image feature read there, upsampled to the grid); it needs ``encoder.out_stride: 8`` and learns in far fewer
+    steps, which the CPU-size teacher uses (docs/training.md).
+    """
+
+    kind: Literal['mlp', 'ground'] = 'mlp'
+    #: mlp: the camera-frame top-down plane is (H / bv_downsample) x (W / bv_downsample) (40 x 80 on the paper grid)
     bv_downsample: int = 5
 
     def validate(self, where: str) -> None:
+        if self.kind not in ('mlp', 'ground'):
+            raise ConfigError(f'{where}view.kind: must be mlp or ground, got {self.kind!r}')
         if self.bv_downsample < 1:
             raise ConfigError(f'{where}bv_downsample: must be >= 1, got {self.bv_downsample}')
 
@@ -170,7 +180,13 @@ class ModelConfig:
 
     def validate(self, where: str) -> None:
         h, w = self.grid.H, self.grid.W
-        if self.name not in ('student_edge', 'hd_prior'):
+        if self.name not in ('student_edge', 'hd_prior') and self.view.kind == 'ground':
+            if self.encoder.out_stride != 8:
+                raise ConfigError(f'{where}view.kind: ground samples stride-8 image features; set encoder.out_stride: '
+                                  f'8 (got {self.encoder.out_stride})')
+            if h % 2 or w % 2:
+                raise ConfigError(f'{where}grid: the ground sampler needs H and W even; the grid is {h} x {w}')
+        elif self.name not in ('student_edge', 'hd_prior'):
             f = self.view.bv_downsample
             if h % f or w % f or h % 2 or w % 2:
                 raise ConfigError(f'{where}grid: the HDMapNet view transformer needs H and W even and divisible by '

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .blocks import BevDecoder
 from .config import ModelConfig
-from .networks import MapModel, MapOutput, _HdmapnetCamera
+from .networks import MapModel, MapOutput, _camera_branch
 
 
 class HdmapnetCam(MapModel):
@@ -19,12 +19,12 @@ class HdmapnetCam(MapModel):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.camera = _HdmapnetCamera(cfg)
+        self.camera = _camera_branch(cfg)
         self.decoder = BevDecoder(cfg.camera_channels, cfg.decoder, self.head_channels)
 
     def forward(self, images, intrinsics=None, cam_to_ego=None, lidar=None, lidar_mask=None,
                 sd_prior=None) -> MapOutput:
         self._check_cameras(images)
-        topdown = self.camera(images, cam_to_ego)
+        topdown = self.camera(images, intrinsics, cam_to_ego)
         out = self.decoder(topdown)
         return MapOutput(out['semantic'], out['embedding'], out['direction'], topdown, {'camera_bev': topdown})

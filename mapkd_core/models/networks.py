@@ -97,11 +97,37 @@ class _HdmapnetCamera(nn.Module):
         self.view = MLPViewTransformer(len(cfg.image.cameras), self.encoder.feature_hw, bv)
         self.ipm = IPM(cfg.grid, bv)
 
-    def forward(self, images: torch.Tensor, cam_to_ego: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, intrinsics: Optional[torch.Tensor], cam_to_ego: torch.Tensor
+                ) -> torch.Tensor:
         b, n = images.shape[:2]
         feats = self.encoder(images.flatten(0, 1))
         feats = feats.view(b, n, *feats.shape[1:])
         return self.ipm(self.view(feats), cam_to_ego)
+
+
+class _GroundCamera(nn.Module):
+    """Camera branch with ``view.kind: ground`` (not in the method): encoder (stride 8) -> the edge student's
+    parameter-free ground sampler at half the grid resolution -> bilinear upsampling to the grid, (B, C, H, W)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.encoder = CamEncoder(cfg.encoder, (cfg.image.height, cfg.image.width))
+        self.sampler = GroundSampler(cfg.grid, (cfg.image.height, cfg.image.width))
+        self.grid_hw = tuple(cfg.grid.shape)
+
+    def forward(self, images: torch.Tensor, intrinsics: Optional[torch.Tensor], cam_to_ego: torch.Tensor
+                ) -> torch.Tensor:
+        if intrinsics is None:
+            raise ValueError('the ground view transform needs the camera intrinsics')
+        b, n = images.shape[:2]
+        feats = self.encoder(images.flatten(0, 1))
+        feats = feats.view(b, n, *feats.shape[1:])
+        return F.interpolate(self.sampler(feats, intrinsics, cam_to_ego), size=self.grid_hw, mode='bilinear',
+                             align_corners=False)
+
+
+def _camera_branch(cfg: ModelConfig) -> nn.Module:
+    return _GroundCamera(cfg) if cfg.view.kind == 'ground' else _HdmapnetCamera(cfg)
 
 
 class _PriorFusedModel(MapModel):
@@ -114,7 +140,7 @@ class _PriorFusedModel(MapModel):
         super().__init__(cfg)
         from .hd_prior import HdPriorRefiner
         from .sd_fusion import SdCrossAttention
-        self.camera = _HdmapnetCamera(cfg)
+        self.camera = _camera_branch(cfg)
         c = cfg.camera_channels + cfg.lidar_channels
         if c != cfg.bev_channels:
             raise ConfigError(f'{cfg.name}: camera_channels + lidar_channels ({c}) must equal bev_channels '
@@ -158,7 +184,8 @@ class Teacher(_PriorFusedModel):
         self._check_cameras(images)
         if lidar is None or lidar_mask is None or sd_prior is None:
             raise ValueError('teacher needs lidar, lidar_mask and sd_prior')
-        return self._fuse(self.camera(images, cam_to_ego), self.pillars(lidar, lidar_mask), sd_prior, 'lidar_bev')
+        return self._fuse(self.camera(images, intrinsics, cam_to_ego), self.pillars(lidar, lidar_mask), sd_prior,
+                          'lidar_bev')
 
 
 class Coach(_PriorFusedModel):
@@ -174,8 +201,8 @@ class Coach(_PriorFusedModel):
         self._check_cameras(images)
         if sd_prior is None:
             raise ValueError('coach needs sd_prior')
-        return self._fuse(self.camera(images, cam_to_ego), self.sim_lidar(images, intrinsics, cam_to_ego), sd_prior,
-                          'sim_lidar_bev')
+        return self._fuse(self.camera(images, intrinsics, cam_to_ego), self.sim_lidar(images, intrinsics, cam_to_ego),
+                          sd_prior, 'sim_lidar_bev')
 
 
 class Student(MapModel):
@@ -184,7 +211,7 @@ class Student(MapModel):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.camera = _HdmapnetCamera(cfg)
+        self.camera = _camera_branch(cfg)
         self.expand = FeatureExpansion(cfg.camera_channels, 96 * cfg.bev_channels // 192, cfg.bev_channels)
         self.conv_bev = ConvBev(cfg.bev_channels)
         self.decoder = BevDecoder(cfg.bev_channels, cfg.decoder, self.head_channels)
@@ -192,7 +219,7 @@ class Student(MapModel):
     def forward(self, images, intrinsics=None, cam_to_ego=None, lidar=None, lidar_mask=None,
                 sd_prior=None) -> MapOutput:
         self._check_cameras(images)
-        topdown = self.camera(images, cam_to_ego)
+        topdown = self.camera(images, intrinsics, cam_to_ego)
         bev = self.conv_bev(self.expand(topdown))
         # MapKD resizes the 1/8 feature back to the grid with align_corners=False (its other upsamplings use True)
         up = F.interpolate(bev, size=tuple(self.cfg.grid.shape), mode='bilinear', align_corners=False)
