@@ -52,6 +52,9 @@ SINGLE = {
 ATTEMPTS = {
     "MapKD, method's TGPD (raw, summed KL)":
         {**METHOD_TGPD, 'tgpd_normalize': False, 'tgpd_kl_reduction': 'sum'},
+    # a teacher that misses a class (the CPU teacher has no crossings) pulls the student's pixels of that class
+    # towards its mistake; distil only the foreground pixels where the teacher's argmax is right (not in the method)
+    'MapKD, MSRD where the teacher is right': {**MAPKD, 'msrd_mask': 'correct'},
 }
 
 

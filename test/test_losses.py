@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mapkd_core.distill import (DirectionLoss, DiscriminativeLoss, MsrdLoss, SegmentationLoss, TaskLoss, TgpdLoss,
                                 TokenGuidedPatchAttention, msrd_loss)
@@ -175,6 +176,29 @@ def test_msrd_without_foreground_is_zero_with_grad():
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.equal(s.grad, torch.zeros_like(s))
+
+
+def test_msrd_correct_mask_keeps_only_pixels_the_target_gets_right():
+    """Three foreground pixels: a divider the teacher calls divider, a crossing the teacher calls background, a
+    boundary the teacher calls boundary; ``mask='correct'`` distils the first and the last only."""
+    gt = torch.zeros(1, 4, 1, 4, dtype=torch.uint8)
+    gt[0, 1, 0, 0] = gt[0, 2, 0, 1] = gt[0, 3, 0, 2] = gt[0, 0, 0, 3] = 1
+    teacher = torch.full((1, 4, 1, 4), -3.0)
+    teacher[0, 1, 0, 0] = teacher[0, 0, 0, 1] = teacher[0, 3, 0, 2] = teacher[0, 0, 0, 3] = 3.0
+    student = torch.randn(1, 4, 1, 4, requires_grad=True)
+    loss = msrd_loss(student, teacher, gt, mask='correct')
+    loss.backward()
+    assert student.grad[0, :, 0, 0].abs().sum() > 0 and student.grad[0, :, 0, 2].abs().sum() > 0
+    assert torch.equal(student.grad[0, :, 0, 1], torch.zeros(4))  # the crossing the teacher misses
+    assert torch.equal(student.grad[0, :, 0, 3], torch.zeros(4))  # background
+    keep = [0, 2]
+    expected = F.binary_cross_entropy_with_logits(student.detach()[0, :, 0, keep].T,
+                                                  torch.sigmoid(teacher[0, :, 0, keep].T))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert msrd_loss(student, teacher, gt).item() != pytest.approx(loss.item())  # the method's mask keeps all three
+    assert 'mask=correct' in repr(MsrdLoss(mask='correct'))
+    with pytest.raises(ConfigError, match='mask'):
+        MsrdLoss(mask='teacher')
 
 
 # ------------------------------------------------------------------------------------------------------------- TGPD

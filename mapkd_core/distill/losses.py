@@ -36,10 +36,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.rasterize import direction_onehot
+from ..errors import ConfigError
 
 __all__ = [
     'COACH_MSRD_WEIGHT', 'DELTA_D', 'DELTA_V', 'DIRECTION_WEIGHT', 'DIST_WEIGHT', 'GRAD_CLIP_NORM', 'POS_WEIGHT',
-    'PROB_EPS', 'SEG_WEIGHT', 'STUDENT_MSRD_COACH_WEIGHT', 'STUDENT_MSRD_COACH_WEIGHT_TRAIN_S',
+    'MSRD_MASKS', 'PROB_EPS', 'SEG_WEIGHT', 'STUDENT_MSRD_COACH_WEIGHT', 'STUDENT_MSRD_COACH_WEIGHT_TRAIN_S',
     'STUDENT_MSRD_TEACHER_WEIGHT', 'VAR_WEIGHT', 'DirectionLoss', 'DiscriminativeLoss', 'MsrdLoss', 'SegmentationLoss',
     'TaskLoss', 'msrd_loss',
 ]
@@ -219,13 +220,20 @@ class TaskLoss(nn.Module):
         return ', '.join(f'{k}={v}' for k, v in self.weights.items())
 
 
-def msrd_loss(student_logits: Tensor, target_logits: Tensor, gt_semantic: Tensor) -> Tensor:
+#: MSRD's pixel masks: ``foreground`` (the method: every GT foreground pixel) or ``correct`` (not in the method: the
+#: foreground pixels where the target's argmax class is one of the pixel's GT classes, so that a target never pulls the
+#: student towards a class it gets wrong there)
+MSRD_MASKS = ('foreground', 'correct')
+
+
+def msrd_loss(student_logits: Tensor, target_logits: Tensor, gt_semantic: Tensor, mask: str = 'foreground') -> Tensor:
     """MSRD(S, X): BCE-with-logits of the student's logits towards sigmoid(target logits) at GT foreground pixels.
 
     ``student_logits`` and ``target_logits`` are (B, C, H, W) semantic logits (C = 4), ``gt_semantic`` the
-    (B, C, H, W) GT one-hot (channel 0 = background). Foreground = pixels whose GT background channel is 0. The M
-    foreground pixels give an (M, C) matrix of the student's raw logits (all channels, background included); the
-    target ``sigmoid(target_logits)`` is detached. Returns the BCE averaged over M*C elements, or 0 (connected to the
+    (B, C, H, W) GT one-hot (channel 0 = background). Foreground = pixels whose GT background channel is 0 (with
+    ``mask='correct'``, only those where the target's argmax is a GT class of the pixel). The M masked pixels give an
+    (M, C) matrix of the student's raw logits (all channels, background included); the target
+    ``sigmoid(target_logits)`` is detached. Returns the BCE averaged over M*C elements, or 0 (connected to the
     student's graph) when M == 0.
     """
     if student_logits.shape != target_logits.shape:
@@ -233,7 +241,13 @@ def msrd_loss(student_logits: Tensor, target_logits: Tensor, gt_semantic: Tensor
                          f'{tuple(target_logits.shape)} differ')
     if gt_semantic.shape[0] != student_logits.shape[0] or gt_semantic.shape[2:] != student_logits.shape[2:]:
         raise ValueError(f'GT semantic {tuple(gt_semantic.shape)} does not match logits {tuple(student_logits.shape)}')
-    foreground = gt_semantic[:, 0].to(student_logits.device) == 0  # (B, H, W)
+    if mask not in MSRD_MASKS:
+        raise ConfigError(f'MSRD: mask must be one of {", ".join(MSRD_MASKS)}, got {mask!r}')
+    gt = gt_semantic.to(student_logits.device)
+    foreground = gt[:, 0] == 0  # (B, H, W)
+    if mask == 'correct':
+        predicted = target_logits.detach().to(student_logits.device).argmax(1, keepdim=True)
+        foreground &= gt.gather(1, predicted)[:, 0] > 0
     if not bool(foreground.any()):
         return _zero(student_logits.float())
     z = student_logits.float().movedim(1, -1)[foreground]  # (M, C)
@@ -251,18 +265,22 @@ class MsrdLoss(nn.Module):
     """
 
     def __init__(self, teacher_weight: float = STUDENT_MSRD_TEACHER_WEIGHT,
-                 coach_weight: float = STUDENT_MSRD_COACH_WEIGHT):
+                 coach_weight: float = STUDENT_MSRD_COACH_WEIGHT, mask: str = 'foreground'):
         super().__init__()
+        if mask not in MSRD_MASKS:
+            raise ConfigError(f'MSRD: mask must be one of {", ".join(MSRD_MASKS)}, got {mask!r}')
         self.teacher_weight = float(teacher_weight)
         self.coach_weight = float(coach_weight)
+        self.mask = mask
 
     def forward(self, student_logits: Tensor, gt_semantic: Tensor, teacher_logits: Optional[Tensor] = None,
                 coach_logits: Optional[Tensor] = None) -> dict[str, Tensor]:
         zero = _zero(student_logits.float())
-        teacher = msrd_loss(student_logits, teacher_logits, gt_semantic) if teacher_logits is not None else zero
-        coach = msrd_loss(student_logits, coach_logits, gt_semantic) if coach_logits is not None else zero
+        teacher = msrd_loss(student_logits, teacher_logits, gt_semantic, self.mask) \
+            if teacher_logits is not None else zero
+        coach = msrd_loss(student_logits, coach_logits, gt_semantic, self.mask) if coach_logits is not None else zero
         return {'msrd_teacher': teacher, 'msrd_coach': coach,
                 'msrd': self.teacher_weight * teacher + self.coach_weight * coach}
 
     def extra_repr(self) -> str:
-        return f'teacher_weight={self.teacher_weight}, coach_weight={self.coach_weight}'
+        return f'teacher_weight={self.teacher_weight}, coach_weight={self.coach_weight}, mask={self.mask}'

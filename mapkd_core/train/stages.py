@@ -83,7 +83,7 @@ class TrainModule(nn.Module):
         self.task = TaskLoss(seg=w.seg, var=w.var, dist=w.dist, direction=w.direction, pos_weight=w.pos_weight,
                              delta_v=w.delta_v, delta_d=w.delta_d)
         d = cfg.distill
-        self.msrd = MsrdLoss(teacher_weight=d.msrd_teacher, coach_weight=d.msrd_coach) \
+        self.msrd = MsrdLoss(teacher_weight=d.msrd_teacher, coach_weight=d.msrd_coach, mask=d.msrd_mask) \
             if d.msrd_teacher > 0 or d.msrd_coach > 0 else None
         self.tgpd = None
         if d.uses_tgpd:

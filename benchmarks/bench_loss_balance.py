@@ -1,0 +1,120 @@
+"""How strongly each distillation term pulls on the student: gradient norms of the task loss, MSRD and TGPD (the
+method's form and the bounded one) with respect to the student's trainable parameters (a measurement, not a test).
+
+On a few ``geo_train`` batches of the CPU recipes, with a trained student and the frozen teacher and coach of the
+ablation (``benchmarks/bench_distillation.py``), it reports per batch and as medians: each term's value and the L2 norm
+of its gradient, and each norm relative to the task loss's. The method's TGPD (raw features, the attention KL summed
+over its 1 + N rows, ``batchmean``) is compared with the bounded TGPD of the CPU recipes (standardised features, KL
+averaged over the rows); the KL and the MSE parts are reported separately. Both TGPD forms use the same projections.
+
+    python -m benchmarks.bench_loss_balance --runs runs/ablation_cpu [--student student_baseline_s0] [--batches 4]
+
+Needs the ablation's trained runs (``hd_prior`` is not used): ``make bench`` skips it unless BENCH_ALL=1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from pathlib import Path
+
+from benchmarks.harness import write_result
+
+#: needs the trained runs of the distillation ablation
+LONG = True
+
+
+def grad_norm(loss, params) -> float:
+    import torch
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+
+
+def measure(runs: Path, student: str, batches: int, seed: int = 0) -> dict:
+    import itertools
+
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    from mapkd_core.distill.tgpd import TgpdLoss, _match_target
+    from mapkd_core.errors import WeightsNotFoundError
+    from mapkd_core.train.config import load_train_config
+    from mapkd_core.train.trainer import Trainer
+
+    paths = {'teacher': runs / 'teacher' / 'teacher.safetensors', 'coach': runs / 'coach' / 'coach.safetensors',
+             'student': runs / student / 'student_edge.safetensors'}
+    for role, p in paths.items():
+        if not p.is_file():
+            raise WeightsNotFoundError(f'{role} weights not found: {p} (train them with benchmarks.bench_distillation '
+                                       f'--out {runs})')
+    over = {'seed': seed, 'train_limit': 1200, 'workers': 0, 'val_every': 0, 'teacher': str(paths['teacher']),
+            'coach': str(paths['coach']),
+            'distill': {'msrd_teacher': 0.75, 'msrd_coach': 0.001, 'tgpd_teacher': 0.5, 'tgpd_coach': 0.01}}
+    cfg = load_train_config('config/train/student_edge_cpu.yaml', over)
+    import tempfile
+    trainer = Trainer(cfg, Path(tempfile.mkdtemp(prefix='mapkd-loss-balance-')), progress=False)
+    model = trainer.stage.model
+    model.load_state_dict(load_file(str(paths['student'])), strict=True)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    bev = model.cfg.bev_channels
+    h, w = model.cfg.grid.shape
+    torch.manual_seed(seed)
+    forms = {'method': TgpdLoss(channels=bev, feature_hw=(h // 8, w // 8)),
+             'bounded': TgpdLoss(channels=bev, feature_hw=(h // 8, w // 8), normalize=True, kl_reduction='mean')}
+    forms['bounded'].load_state_dict(forms['method'].state_dict())
+    module = trainer.module
+    rows = []
+    for batch in itertools.islice(trainer._loader(0), batches):
+        teacher, coach = trainer.frozen_outputs(batch)
+        out = model.forward_batch(batch)
+        row = {}
+        task = module.task(out, batch)['total']
+        row['task'] = {'value': task.item(), 'grad': grad_norm(task, params)}
+        msrd = module.msrd(out.semantic, batch['semantic'], teacher_logits=teacher.semantic,
+                           coach_logits=coach.semantic)['msrd']
+        row['msrd (weighted)'] = {'value': msrd.item(), 'grad': grad_norm(msrd, params)}
+        for form, tg in forms.items():
+            for role, target in (('teacher', teacher.bev), ('coach', coach.bev)):
+                s, t = out.bev, _match_target(out.bev, target)
+                if tg.normalize:
+                    s, t = tg.standardize(s), tg.standardize(t)
+                log_s = tg.attention.log_attention(s, tg.tau)
+                with torch.no_grad():
+                    log_t = tg.attention.log_attention(t, tg.tau)
+                kl = F.kl_div(log_s, log_t, reduction='batchmean', log_target=True)
+                if tg.kl_reduction == 'mean':
+                    kl = kl / log_s.shape[1]
+                mse = tg.mse_weight * F.mse_loss(s.float(), t.float())
+                row[f'tgpd {form} {role}: kl'] = {'value': kl.item(), 'grad': grad_norm(kl, params)}
+                row[f'tgpd {form} {role}: mse'] = {'value': mse.item(), 'grad': grad_norm(mse, params)}
+            total = tg(out.bev, teacher.bev, coach.bev)['tgpd']
+            row[f'tgpd {form} (weighted)'] = {'value': total.item(), 'grad': grad_norm(total, params)}
+        for v in row.values():
+            v['grad_vs_task'] = v['grad'] / row['task']['grad']
+        rows.append(row)
+    median = {k: {m: statistics.median(r[k][m] for r in rows) for m in ('value', 'grad', 'grad_vs_task')}
+              for k in rows[0]}
+    return {'runs': str(runs), 'student': student, 'batches': batches, 'median': median, 'per_batch': rows}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--runs', default='runs/ablation_cpu', help='the ablation folder (bench_distillation --out)')
+    p.add_argument('--student', default='student_baseline_s0', help='the run folder of the student to probe')
+    p.add_argument('--batches', type=int, default=4)
+    args = p.parse_args(argv)
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    payload = measure(Path(args.runs), args.student, args.batches)
+    path = write_result('loss_balance', payload)
+    width = max(len(k) for k in payload['median'])
+    print(f'{"term":<{width}}  value    grad norm  x task')
+    for k, v in payload['median'].items():
+        print(f'{k:<{width}}  {v["value"]:7.3f}  {v["grad"]:9.3f}  {v["grad_vs_task"]:7.1f}')
+    print(f'-> {path}')
+    return payload
+
+
+if __name__ == '__main__':
+    main()
