@@ -75,8 +75,9 @@ def run_drives() -> dict:
     import json
     import os
 
-    from mapkd_core.data.synth.cache import DRIVES, cache_key, cache_root
+    from mapkd_core.data.synth.cache import DRIVES, cache_key
     from mapkd_core.data.synth.generate import generate
+    from mapkd_core.paths import cache_root
 
     out = cache_root() / f'synth-{cache_key(DRIVES)}'
     if (out / 'synth.json').is_file():

@@ -29,7 +29,8 @@ RUNS = {'hd_prior_cpu': 1, 'teacher_cpu': 1, 'coach_cpu': 1, 'student_edge_cpu_b
 
 def default_data() -> tuple[str, str]:
     """(data config, train split): the recipes' synthetic drives when generated, else the synthetic mini_train."""
-    from mapkd_core.data.synth.cache import DRIVES, cache_key, cache_root
+    from mapkd_core.data.synth.cache import DRIVES, cache_key
+    from mapkd_core.paths import cache_root
     if (cache_root() / f'synth-{cache_key(DRIVES)}' / 'synth.json').is_file():
         return 'data/synthetic_drives.yaml', 'geo_train'
     return 'data/synthetic.yaml', 'mini_train'
@@ -91,7 +92,7 @@ def run(stages, batch: int, steps: int, repeats: int, data: str | None, split: s
         # the synthetic dataroot is found through MAPKD_CACHE: generate or find it first, then point the training
         # caches at the temporary folder (the dataroot's path is resolved once, in the data config)
         from mapkd_core.config import load_yaml
-        from mapkd_core.paths import resolve_data_path
+        from mapkd_core.data.dataroot import resolve_data_path
         from mapkd_core.train.stages import resolve_config_path
         root = str(resolve_data_path(load_yaml(resolve_config_path(data))['dataset']['dataroot']))
         os.environ['MAPKD_CACHE'] = str(work / 'cache')

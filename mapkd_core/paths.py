@@ -1,7 +1,11 @@
-"""Where the package's own files are: configs, launch files and the bundled real nuScenes data.
+"""Where files are: the package's own configs, launch files and bundled real nuScenes data, and the cache root.
 
 Works from a source checkout (files beside the package) and from an installed package (pip or colcon put them
-under ``<prefix>/share/mapkd_ros``). ``MAPKD_SHARE`` overrides both. No absolute paths are written in code.
+under ``<prefix>/share/mapkd_ros``). ``MAPKD_SHARE`` overrides both. Generated data (synthetic datasets, training
+caches) goes under :func:`cache_root`. No absolute paths are written in code.
+
+This module only knows paths: it imports nothing from the data layer. The names a config may give instead of a
+dataroot path (``bundled``, ``synthetic``, ...) are resolved by :func:`mapkd_core.data.dataroot.resolve_data_path`.
 """
 import os
 import sys
@@ -54,22 +58,7 @@ def bundled_dataroot() -> Path:
     return path
 
 
-def resolve_data_path(value, base: Path | None = None) -> Path:
-    """Resolve a path from a config: ``bundled`` / ``bundled/<sub>`` name the bundled data, ``synthetic`` the
-    default synthetic dataset (generated into the cache on first use: all ten scenes, keyframes, 800x450, seed 0),
-    ``synthetic_drives`` the same scenes plus the virtual drives with the geo_train / geo_val splits (704x396),
-    a relative path is taken relative to ``base`` (default: the current directory), ``~`` is expanded."""
-    text = str(value)
-    if text == 'synthetic':
-        from .data.synth.cache import synthetic_dataroot
-        return synthetic_dataroot()
-    if text == 'synthetic_drives':
-        from .data.synth.cache import DRIVES, synthetic_dataroot
-        return synthetic_dataroot(DRIVES)
-    if text == 'bundled' or text.startswith('bundled/'):
-        root = bundled_dataroot()
-        return root if text == 'bundled' else root / text[len('bundled/'):]
-    path = Path(os.path.expanduser(text))
-    if not path.is_absolute() and base is not None:
-        path = Path(base) / path
-    return path
+def cache_root() -> Path:
+    """The folder of everything generated (synthetic datasets, training caches): ``$MAPKD_CACHE``, default
+    ``~/.cache/mapkd``. Read on every call, so a changed environment variable takes effect."""
+    return Path(os.environ.get('MAPKD_CACHE') or Path.home() / '.cache' / 'mapkd')

@@ -70,6 +70,17 @@ def test_official_split_and_split_file(tmp_path, bundled_cfg):
     assert len(NuScenesIndex(ds.dataroot, ds.version, 'all')) == 1
 
 
+def test_dataroot_names_resolve_without_generating(tmp_path, monkeypatch):
+    from mapkd_core.data.dataroot import resolve_data_path
+    from mapkd_core.paths import bundled_dataroot
+    assert resolve_data_path('bundled') == bundled_dataroot()
+    assert resolve_data_path('bundled/osm') == bundled_dataroot() / 'osm'
+    assert resolve_data_path('splits.yaml', base=tmp_path) == tmp_path / 'splits.yaml'
+    assert resolve_data_path(str(tmp_path / 'x'), base='/elsewhere') == tmp_path / 'x'
+    monkeypatch.setenv('HOME', str(tmp_path))
+    assert resolve_data_path('~/data') == tmp_path / 'data'
+
+
 def test_missing_dataroot_and_version_are_named(tmp_path, bundled_cfg):
     with pytest.raises(DatasetNotFoundError, match='dataroot not found: .*nowhere'):
         NuScenesIndex(tmp_path / 'nowhere', 'v1.0-mini')

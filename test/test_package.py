@@ -61,6 +61,33 @@ def test_core_never_imports_ros():
             assert not bad, f'{path.relative_to(ROOT)} imports {bad}'
 
 
+def test_paths_imports_no_data_module():
+    """``mapkd_core.paths`` knows where files are and the cache root, nothing else: importing it (or calling it)
+    must never import the data layer, whose synthetic generator a dataroot name can start."""
+    code = ('import sys, mapkd_core.paths as p; p.cache_root(); '
+            "print([m for m in sys.modules if m.startswith('mapkd_core.data')])")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == '[]'
+    # no import of the data layer anywhere in the file either, not even a lazy one inside a function
+    tree = ast.parse((ROOT / 'mapkd_core' / 'paths.py').read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert not (node.module or '').startswith(('data', 'mapkd_core.data')), ast.dump(node)
+            assert node.level == 0 or node.module == 'errors', f'paths imports .{node.module}'
+        elif isinstance(node, ast.Import):
+            assert not any(a.name.startswith('mapkd_core') for a in node.names), ast.dump(node)
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    from mapkd_core.data.synth import cache as synth_cache
+    from mapkd_core.paths import cache_root
+    monkeypatch.setenv('MAPKD_CACHE', str(tmp_path))
+    assert cache_root() == tmp_path and synth_cache.cache_root() == tmp_path
+    monkeypatch.delenv('MAPKD_CACHE')
+    assert cache_root() == Path.home() / '.cache' / 'mapkd'
+
+
 def test_no_absolute_paths_or_gpu_ids_in_code():
     for folder in ('mapkd_core', 'mapkd_ros', 'training', 'launch', 'benchmarks'):
         for path in (ROOT / folder).rglob('*.py'):

@@ -15,10 +15,9 @@ from shapely.geometry import LineString
 from mapkd_core.config import GridConfig, SdPriorConfig
 from mapkd_core.constants import CITIES
 from mapkd_core.data.sd_prior import SdPrior, lonlat_to_map, read_osm_roads
-from mapkd_core.errors import OsmFormatError
-from mapkd_core.errors import DatasetNotFoundError, UnknownMapError
+from mapkd_core.errors import ConfigError, DatasetNotFoundError, OsmFormatError, UnknownMapError
 from mapkd_core.geometry import make_transform, metres_to_index
-from mapkd_core.paths import resolve_data_path
+from mapkd_core.data.dataroot import resolve_data_path
 
 GRID = GridConfig()
 KEYFRAME_CITY = 'singapore-onenorth'
@@ -239,6 +238,14 @@ def test_city_without_map_origin(tmp_path):
     folder = _write_osm(tmp_path / 'osm', 'atlantis', ['primary'], [[(0.0, 0.0), (0.001, 0.0)]])
     with pytest.raises(UnknownMapError, match='atlantis'):
         SdPrior(SdPriorConfig(osm_dir=str(folder)), GRID).roads('atlantis')
+
+
+def test_unknown_projection_names_the_config_key():
+    with pytest.raises(ConfigError, match=r"sd_prior.projection: unknown projection 'utm'; expected one of local, "
+                                          r"pmapnet"):
+        lonlat_to_map(KEYFRAME_CITY, 'utm')
+    with pytest.raises(ValueError):  # ConfigError is also a ValueError, for callers that catch that
+        lonlat_to_map(KEYFRAME_CITY, 'utm')
 
 
 def test_shapefile_without_type_column(tmp_path):

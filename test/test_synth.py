@@ -16,7 +16,9 @@ from mapkd_core.data.synth import SynthConfig, generate
 from mapkd_core.data.synth.cache import cache_key, synthetic_dataroot
 from mapkd_core.data.synth.generate import SceneRenderer, keyframe_times
 from mapkd_core.data.synth.lidar_sim import BOX_INTENSITY, INTENSITY
+from mapkd_core.data.synth.tracks import load_scene_tracks
 from mapkd_core.data.synth.world import LANE_PAINT, PAINT_CLASSES, ROAD, ROAD_DIVIDER_PAINT
+from mapkd_core.errors import DatasetNotFoundError, OutputExistsError, UsageError
 from mapkd_core.geometry import in_grid, invert_transform, metres_to_index, transform_points, yaw_of
 from mapkd_core.paths import bundled_dataroot
 
@@ -187,14 +189,37 @@ def test_sweeps_and_resolution_options(tmp_path):
 
 
 def test_bad_arguments_are_named(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown scene\(s\) \['scene-9999'\]"):
+    with pytest.raises(UsageError, match=r"--scenes: unknown scene\(s\) \['scene-9999'\]"):
         generate(tmp_path / 'x', SynthConfig(scenes=('scene-9999',)), progress=False)
-    with pytest.raises(ValueError, match='--width'):
+    with pytest.raises(UsageError, match='--width must be a multiple of 16 .* got 801'):
         generate(tmp_path / 'y', SynthConfig(width=801), progress=False)
+    with pytest.raises(UsageError, match='--limit must be >= 0, got -1'):
+        SynthConfig(limit=-1).validate()
+    with pytest.raises(UsageError, match='--val-keyframes must be >= 0, got -5'):
+        SynthConfig(drives=True, val_keyframes=-5).validate()
+    with pytest.raises(UsageError, match='scene_seconds must be >= 6, got 3'):
+        SynthConfig(drives=True, scene_seconds=3).validate()
+    SynthConfig(drives=False, scene_seconds=3).validate()  # the drive options only count with drives
     (tmp_path / 'full').mkdir()
     (tmp_path / 'full' / 'f').write_text('x')
-    with pytest.raises(FileExistsError, match='not empty'):
+    with pytest.raises(OutputExistsError, match='full exists and is not empty'):
         generate(tmp_path / 'full', SynthConfig(scenes=('scene-0061',), limit=1), progress=False)
+    # the built-in bases stay, for callers that catch those
+    assert issubclass(UsageError, ValueError) and issubclass(OutputExistsError, FileExistsError)
+
+
+def test_missing_tracks_file_is_named(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match='scene tracks file not found: .*nowhere.scenes.json.gz'):
+        load_scene_tracks(tmp_path / 'nowhere' / 'scenes.json.gz')
+    with pytest.raises(DatasetNotFoundError, match='scenes.json.gz'):  # a source without the tracks
+        generate(tmp_path / 'out', SynthConfig(source=str(tmp_path / 'nowhere')), progress=False)
+
+
+def test_synth_command_reports_bad_input_in_one_line(tmp_path, capsys):
+    from mapkd_core.tools.synth_cli import main
+    assert main(['--out', str(tmp_path / 'o'), '--width', '801', '--quiet']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == 'mapkd-synth: error: --width must be a multiple of 16 in [64, 3200], got 801'
 
 
 def test_cache_key_follows_the_parameters():

@@ -24,7 +24,7 @@ from ..config import DataConfig
 from ..constants import CAMERAS
 from ..errors import DatasetNotFoundError, IncompleteSampleError, SplitError
 from ..geometry import make_transform
-from ..paths import resolve_data_path
+from .dataroot import resolve_data_path
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,6 @@ class Frame:
     @property
     def camera_names(self) -> tuple[str, ...]:
         return tuple(c.channel for c in self.cameras)
-
-    @property
-    def image_paths(self) -> list[Path]:
-        return [c.path for c in self.cameras]
 
     @property
     def intrinsics(self) -> np.ndarray:
@@ -189,12 +185,6 @@ class NuScenesIndex(Sequence):
 
     def __getitem__(self, i):
         return self.frames[i]
-
-    def by_token(self, token: str) -> Frame:
-        for f in self.frames:
-            if f.token == token:
-                return f
-        raise KeyError(f'sample token {token!r} is not in this index')
 
     # -- building -------------------------------------------------------------------------------------------------
     def _pose(self, sd: dict) -> np.ndarray:

@@ -67,9 +67,3 @@ def resample_line(line: LineString, step: float, keep_end: bool = True) -> np.nd
         dist = np.append(dist, length)
     pts = shapely.line_interpolate_point(line, dist)
     return shapely.get_coordinates(pts)[:, :2]
-
-
-def resample_line_fixed(line: LineString, count: int) -> np.ndarray:
-    """``count`` points evenly spaced along a line, both ends included."""
-    pts = shapely.line_interpolate_point(line, np.linspace(0.0, line.length, count))
-    return shapely.get_coordinates(pts)[:, :2]

@@ -68,7 +68,8 @@ class MapRaster:
     """Rasterised ground truth of one sample.
 
     semantic:  (C, H, W) uint8 one-hot, C = len(CLASS_NAMES), channel 0 = background
-    instance:  (H, W) int32, 0 = none, ids unique across classes (ids follow ``vectors`` order)
+    instance:  (H, W) int32, 0 = none, ids unique across classes (numbered class by class, in ``vectors`` order
+               within a class)
     direction: (2, H, W) uint8 forward / backward heading bins, 0 = none; see :func:`direction_onehot`
     """
 
@@ -131,15 +132,3 @@ def direction_onehot(direction, num_channels: int):
     oh = np.eye(num_channels, dtype=np.float32)[d]  # (..., 2, H, W, K)
     oh = np.moveaxis(oh.sum(-4), -1, -3)
     return oh / oh.sum(-3, keepdims=True)
-
-
-def semantic_onehot(labels, num_classes: int = len(CLASS_NAMES)):
-    """(..., H, W) class indices -> (..., C, H, W) one-hot (numpy uint8 or torch float)."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        torch = None
-    if torch is not None and isinstance(labels, torch.Tensor):
-        return torch.nn.functional.one_hot(labels.long(), num_classes).movedim(-1, -3).float()
-    labels = np.asarray(labels).astype(np.int64)
-    return np.moveaxis(np.eye(num_classes, dtype=np.uint8)[labels], -1, -3)

@@ -72,8 +72,8 @@ import shapely
 from nuscenes.scripts.export_poses import EARTH_RADIUS_METERS, REFERENCE_COORDINATES
 
 from ..config import GridConfig, SdPriorConfig
-from ..errors import DatasetNotFoundError, OsmFormatError, UnknownMapError
-from ..paths import resolve_data_path
+from ..errors import ConfigError, DatasetNotFoundError, OsmFormatError, UnknownMapError
+from .dataroot import resolve_data_path
 from .patch import global_to_ego, patch_polygon
 from .rasterize import draw_polylines
 
@@ -106,7 +106,8 @@ def _origin(city: str) -> tuple[float, float]:
 def lonlat_to_map(city: str, projection: str = 'local') -> Callable[[np.ndarray], np.ndarray]:
     """A vectorised function taking (N, 2) lon/lat degrees to (N, 2) nuScenes map-frame metres of ``city``."""
     if projection not in PROJECTIONS:
-        raise ValueError(f'unknown projection {projection!r}; expected one of {", ".join(PROJECTIONS)}')
+        raise ConfigError(f'sd_prior.projection: unknown projection {projection!r}; expected one of '
+                          f'{", ".join(PROJECTIONS)}')
     lat0, lon0 = _origin(city)
     if projection == 'local':
         crs = pyproj.CRS.from_proj4(f'+proj=aeqd +lat_0={lat0!r} +lon_0={lon0!r} +R={EARTH_RADIUS_METERS!r} '

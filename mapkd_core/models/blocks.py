@@ -58,7 +58,7 @@ class UpFuse(nn.Module):
 
 
 def _load_state(path: str, what: str) -> dict:
-    from ..paths import resolve_data_path
+    from ..data.dataroot import resolve_data_path
     p = resolve_data_path(path)
     if not p.is_file():
         raise WeightsNotFoundError(f'{what}: weights file not found: {p}')

@@ -93,7 +93,8 @@ def _down(cin: int, cout: int) -> nn.Sequential:
 
 
 class EdgeNeck(nn.Module):
-    """BEV (B, cin, H/2, W/2) -> heads at H/2 and the 1/8 TGPD feature; see the module docstring."""
+    """BEV (B, cin, H/2, W/2) -> heads at ``size`` (the full grid) and the 1/8 TGPD feature; see the module
+    docstring."""
 
     def __init__(self, cin: int, cfg: EdgeConfig, heads: dict[str, int]):
         super().__init__()

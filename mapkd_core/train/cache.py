@@ -10,12 +10,13 @@
   function of the sample: the data pipeline has no random augmentation. Whoever adds one must bypass this cache
   for augmented samples (the data cache stays valid if the augmentation is applied after :meth:`MapDataset.raw`).
 
-Both live under the project cache root (``$MAPKD_CACHE``, default ``~/.cache/mapkd``) in a folder named by a key
-over everything that determines their content: the data config (grid, image size and normalisation, cameras, map
-ground truth and SD settings, dataset options), the resolved dataroot and the size and modification time of its
-tables, the split's sample tokens, a digest of the data-layer code, and for the frozen outputs the SHA-256 of each
-frozen weights file. A change of any of these gives a new folder; nothing stale is ever reused. Files are written
-to a temporary name and renamed, so concurrent DataLoader workers and interrupted runs never leave half a file.
+Both live under the project cache root (:func:`mapkd_core.paths.cache_root`: ``$MAPKD_CACHE``, default
+``~/.cache/mapkd``) in a folder named by a key over everything that determines their content: the data config
+(grid, image size and normalisation, cameras, map ground truth and SD settings, dataset options), the resolved
+dataroot and the size and modification time of its tables, the split's sample tokens, a digest of the data-layer
+code, and for the frozen outputs the SHA-256 of each frozen weights file. A change of any of these gives a new
+folder; nothing stale is ever reused. Files are written to a temporary name and renamed, so concurrent DataLoader
+workers and interrupted runs never leave half a file.
 """
 from __future__ import annotations
 
@@ -30,14 +31,10 @@ import torch
 
 from ..config import to_dict
 from ..data.dataset import MapDataset
+from ..paths import cache_root
 
 #: bump when the layout of the cached files changes
 CACHE_VERSION = 1
-
-
-def cache_root() -> Path:
-    from ..data.synth.cache import cache_root as root
-    return root()
 
 
 def _code_digest() -> str:
@@ -147,5 +144,4 @@ class FrozenOutputCache:
             _atomic_write(self._path(token), lambda fh, e=entry: torch.save(e, fh))
 
 
-__all__ = ['CACHE_VERSION', 'CachedMapDataset', 'CachedOutput', 'FrozenOutputCache', 'cache_root', 'data_key',
-           'file_digest']
+__all__ = ['CACHE_VERSION', 'CachedMapDataset', 'CachedOutput', 'FrozenOutputCache', 'data_key', 'file_digest']

@@ -286,7 +286,7 @@ def convert(dataroot, out, version: str = 'v1.0-mini', scenes: Optional[Sequence
     out = Path(out)
     _check_output(out, overwrite)
 
-    from mapkd_core.paths import resolve_data_path
+    from mapkd_core.data.dataroot import resolve_data_path
     if not resolve_data_path(dataroot).is_dir():
         raise DatasetNotFoundError(f'nuScenes dataroot not found: {resolve_data_path(dataroot)} (--dataroot)')
     root = check_dataroot(dataroot, version)

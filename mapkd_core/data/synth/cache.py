@@ -1,9 +1,9 @@
 """Generate-once cache of synthetic dataroots, shared by tests, the demo and ``dataset.dataroot: synthetic``.
 
 A dataroot is keyed by its generation parameters, the generator version and a digest of the generator's code, and
-lives in
-``$MAPKD_CACHE/synth-<key>`` (default ``~/.cache/mapkd``). Generation happens under a file lock into a temporary
-folder that is renamed when complete, so concurrent processes and interrupted runs never see half a dataset.
+lives in ``<cache root>/synth-<key>`` (:func:`mapkd_core.paths.cache_root`: ``$MAPKD_CACHE``, default
+``~/.cache/mapkd``). Generation happens under a file lock into a temporary folder that is renamed when complete, so
+concurrent processes and interrupted runs never see half a dataset.
 """
 from __future__ import annotations
 
@@ -11,18 +11,14 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from ...paths import cache_root
 from .generate import GENERATOR_VERSION, SynthConfig, generate
 
 #: ``dataroot: synthetic_drives``: the ten real-track scenes plus at least 6,000 geo_train and 1,000 geo_val
 #: keyframes of virtual drives, rendered at 704 x 396 (a training resolution: 2x the paper's 352 x 128 crop width)
 DRIVES = SynthConfig(drives=True, width=704)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get('MAPKD_CACHE') or Path.home() / '.cache' / 'mapkd')
 
 
 def _code_digest() -> str:

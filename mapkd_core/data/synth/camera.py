@@ -18,7 +18,8 @@ from ...geometry import invert_transform
 from .world import OBJECT, SKY, GroundPatch
 
 NEAR = 0.2  # metres: box faces are clipped at this camera depth
-#: the 6 faces of a box as indices into its 8 corners (bottom 0-3, top 4-7, counter-clockwise from above)
+#: the 6 faces of a box as indices into its 8 corners (bottom 0-3, top 4-7, each clockwise seen from above: front
+#: left, front right, rear right, rear left; the back-face test uses the face centres, not the winding)
 BOX_FACES = ((0, 1, 2, 3), (4, 5, 6, 7), (0, 1, 5, 4), (1, 2, 6, 5), (2, 3, 7, 6), (3, 0, 4, 7))
 
 

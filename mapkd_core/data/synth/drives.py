@@ -9,11 +9,12 @@ Every drive is a :class:`~.tracks.SceneTracks` (ego and agent tracks at 10 Hz), 
 scenes draws it unchanged.
 
 Splits: the val region is the map within ``val_radius`` (250 m) of the two mini_val scene tracks (scene-0103
-boston-seaport, scene-0916 singapore-queenstown). Val drives stay inside it; train drives stay outside it and more
-than ``split_gap`` (70 m) from every val keyframe, so no train keyframe's 60 x 30 m patch (half diagonal 33.5 m)
-overlaps a val keyframe's. The planner first spreads drives over the lane length of every city, then adds drives
-aimed at each ped crossing that no keyframe patch has seen yet, until the keyframe targets are met and every
-crossing is covered (crossings that no allowed drive can reach are reported).
+boston-seaport, scene-0916 singapore-queenstown). Val drives stay inside it, train drives outside it, and every
+drive stays more than ``split_gap`` (70 m) from the keyframes of the other split, so no train keyframe's 60 x 30 m
+patch (half diagonal 33.5 m) overlaps a val keyframe's. The planner first adds drives aimed at each ped crossing
+that no keyframe patch has seen yet (val crossings first, then a few rounds for both splits), then spreads drives
+over the lane length of every city until the keyframe targets are met (crossings that no allowed drive can reach
+are reported).
 
 Agents come from the real tracks' types and box sizes: vehicles driving the lane graph, vehicles parked at the
 kerb, pedestrians walking across crossings and along walkways.
@@ -78,10 +79,6 @@ class DrivePlan:
         for d in self.drives:
             out[d.split].append(d.name)
         return out
-
-
-def drive_number(name: str) -> int:
-    return int(name[len(DRIVE_PREFIX):])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -382,10 +379,11 @@ def _unseen(city: CityPlanner, drives: list[Drive]) -> list[int]:
 
 def _cover_crossings(city: CityPlanner, drives: list[Drive], try_drive, add, split: str, rng,
                      reach: float = 30.0) -> None:
-    """Add ``split`` drives that see each crossing no keyframe patch has seen yet: from lane points near the
-    crossing, starting up to 30 m before it (walking back into predecessor lanes), kept when a keyframe patch of
-    the drive intersects the crossing. Val drives try the crossings a val keyframe may reach (centre within
-    ``val_radius + reach`` of the val tracks), train drives any."""
+    """Add ``split`` drives that see each crossing no keyframe patch has seen yet: from lane points within 28 m of
+    the crossing (up to 8 lanes), starting 12, 30, 0, 60 or 100 m before that point (the first that works; walking
+    back into predecessor lanes), kept when a keyframe patch of the drive intersects the crossing. Val drives try
+    the crossings a val keyframe may reach (centre within ``val_radius + reach`` of the val tracks), train drives
+    any."""
     reach = city.val_radius + reach
     added: list[Drive] = []
     for i in _unseen(city, drives):

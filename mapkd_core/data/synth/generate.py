@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from ...constants import CAMERAS
+from ...errors import OutputExistsError, UsageError
 from ...geometry import make_transform, scale_intrinsics
 from ...paths import bundled_dataroot
 from ..patch import ego_to_map_2d
@@ -39,7 +40,7 @@ from .camera import Box, CameraModel
 from .drives import DRIVE_PREFIX
 from .lidar_sim import LidarModel
 from .style import AGENT_PALETTE, Style, cast_shadows, colour_texture, finish_image, wear_markings
-from .tables import (calibrated_row, link, pose_row, sensor_tokens, token, write_tables)
+from .tables import calibrated_row, link, pose_row, token, write_tables
 from .tracks import SceneTracks, load_scene_tracks
 from .world import CityWorld
 
@@ -82,15 +83,20 @@ class SynthConfig:
         return int(round(self.width * 9 / 16))
 
     def validate(self) -> None:
+        """Raise UsageError naming the first unusable value (its command-line option where it has one)."""
         if self.width < 64 or self.width > 3200 or self.width % 16:
-            raise ValueError(f'--width must be a multiple of 16 in [64, 3200], got {self.width}')
+            raise UsageError(f'--width must be a multiple of 16 in [64, 3200], got {self.width}')
         if self.limit < 0:
-            raise ValueError(f'--limit must be >= 0, got {self.limit}')
+            raise UsageError(f'--limit must be >= 0, got {self.limit}')
         if not 10 <= self.jpeg_quality <= 100:
-            raise ValueError(f'jpeg_quality must be in [10, 100], got {self.jpeg_quality}')
-        if self.drives and (self.train_keyframes < 0 or self.val_keyframes < 0 or self.scene_seconds < 6):
-            raise ValueError('drives: train/val keyframes must be >= 0 and scene_seconds >= 6, got '
-                             f'{self.train_keyframes}, {self.val_keyframes}, {self.scene_seconds}')
+            raise UsageError(f'jpeg_quality must be in [10, 100], got {self.jpeg_quality}')
+        if self.drives:
+            if self.train_keyframes < 0:
+                raise UsageError(f'--train-keyframes must be >= 0, got {self.train_keyframes}')
+            if self.val_keyframes < 0:
+                raise UsageError(f'--val-keyframes must be >= 0, got {self.val_keyframes}')
+            if self.scene_seconds < 6:
+                raise UsageError(f'drives: scene_seconds must be >= 6, got {self.scene_seconds}')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -355,12 +361,12 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite
     source = Path(cfg.source) if cfg.source else bundled_dataroot()
     if out.exists():
         if not overwrite and any(out.iterdir()):
-            raise FileExistsError(f'{out} exists and is not empty (use --overwrite to replace it)')
+            raise OutputExistsError(f'{out} exists and is not empty (use --overwrite to replace it)')
     all_tracks = load_scene_tracks(source / 'scenes.json.gz')
     names = list(cfg.scenes) if cfg.scenes else sorted(all_tracks)
     unknown = [n for n in names if n not in all_tracks]
     if unknown:
-        raise ValueError(f'unknown scene(s) {unknown}; the tracks file has: {sorted(all_tracks)}')
+        raise UsageError(f'--scenes: unknown scene(s) {unknown}; the tracks file has: {sorted(all_tracks)}')
     scenes = {n: all_tracks[n] for n in names}
     t0 = time.perf_counter()
     plan = None

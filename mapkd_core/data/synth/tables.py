@@ -1,4 +1,5 @@
-"""nuScenes v1.0 tables for the synthetic dataset: consistent tokens, prev/next chains, one scene per real track.
+"""nuScenes v1.0 tables for the synthetic dataset: consistent tokens, prev/next chains, one scene per track (a real
+one or a virtual drive).
 
 Every table the devkit's ``NuScenes`` loads is written. ``category``, ``attribute``, ``visibility`` and ``sensor`` are
 copied from the bundled real tables (byte-identical to v1.0-mini); ``instance`` and ``sample_annotation`` are empty.
@@ -58,8 +59,3 @@ def write_tables(root: Path, version: str, tables: dict[str, list], source_table
         tables.setdefault(name, [])
     for name, rows in tables.items():
         (out / f'{name}.json').write_text(json.dumps(rows, indent=0, sort_keys=True), encoding='utf-8')
-
-
-def sensor_tokens(source_tables: Path) -> dict[str, str]:
-    rows = json.loads((source_tables / 'sensor.json').read_text(encoding='utf-8'))
-    return {r['channel']: r['token'] for r in rows}

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import DatasetNotFoundError
+
 STEP_SECONDS = 0.1  # the tracks are sampled at 10 Hz
 
 
@@ -67,7 +69,7 @@ class SceneTracks:
 def load_scene_tracks(path: str | Path) -> dict[str, SceneTracks]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'scene tracks file not found: {path}')
+        raise DatasetNotFoundError(f'scene tracks file not found: {path}')
     with gzip.open(path, 'rt', encoding='utf-8') as fh:
         data = json.load(fh)
     out = {}
