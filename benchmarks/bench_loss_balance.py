@@ -34,10 +34,9 @@ def measure(runs: Path, student: str, batches: int, seed: int = 0) -> dict:
     import itertools
 
     import torch
-    import torch.nn.functional as F
     from safetensors.torch import load_file
 
-    from mapkd_core.distill.tgpd import TgpdLoss, _match_target
+    from mapkd_core.distill.tgpd import TgpdLoss
     from mapkd_core.errors import WeightsNotFoundError
     from mapkd_core.train.config import load_train_config
     from mapkd_core.train.trainer import Trainer
@@ -77,16 +76,7 @@ def measure(runs: Path, student: str, batches: int, seed: int = 0) -> dict:
         row['msrd (weighted)'] = {'value': msrd.item(), 'grad': grad_norm(msrd, params)}
         for form, tg in forms.items():
             for role, target in (('teacher', teacher.bev), ('coach', coach.bev)):
-                s, t = out.bev, _match_target(out.bev, target)
-                if tg.normalize:
-                    s, t = tg.standardize(s), tg.standardize(t)
-                log_s = tg.attention.log_attention(s, tg.tau)
-                with torch.no_grad():
-                    log_t = tg.attention.log_attention(t, tg.tau)
-                kl = F.kl_div(log_s, log_t, reduction='batchmean', log_target=True)
-                if tg.kl_reduction == 'mean':
-                    kl = kl / log_s.shape[1]
-                mse = tg.mse_weight * F.mse_loss(s.float(), t.float())
+                kl, mse = tg.parts(out.bev, target)
                 row[f'tgpd {form} {role}: kl'] = {'value': kl.item(), 'grad': grad_norm(kl, params)}
                 row[f'tgpd {form} {role}: mse'] = {'value': mse.item(), 'grad': grad_norm(mse, params)}
             total = tg(out.bev, teacher.bev, coach.bev)['tgpd']

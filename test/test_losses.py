@@ -418,5 +418,10 @@ def test_tgpd_kl_mean_divides_the_attention_kl_by_its_rows():
     a, b = total(student, teacher)['tgpd_teacher'].item(), mean(student, teacher)['tgpd_teacher'].item()
     assert a > 0 and b == pytest.approx(a / rows, rel=1e-5)
     assert 'kl_reduction=mean' in repr(mean)
+    # parts(): the KL and the weighted MSE separately (bench_loss_balance), summing to the term
+    both = TgpdLoss(channels=8, patch=5, dim=16, feature_hw=(10, 15), normalize=True, kl_reduction='mean')
+    kl, mse = both.parts(student, teacher)
+    assert kl.item() > 0 and mse.item() > 0
+    assert (kl + mse).item() == pytest.approx(both.term(student, teacher).item(), rel=1e-6)
     with pytest.raises(ConfigError, match='kl_reduction'):
         TgpdLoss(channels=8, kl_reduction='rows')

@@ -169,8 +169,9 @@ class TgpdLoss(nn.Module):
         """Per sample, zero mean and unit variance over (C, H, W): the scale of a target's features stops mattering."""
         return F.layer_norm(f.float(), f.shape[1:])
 
-    def term(self, student_bev: Tensor, target_bev: Tensor) -> Tensor:
-        """KL(A_T || A_S) summed over rows and columns / B, plus mse_weight * MSE(F_S, F_T.detach())."""
+    def parts(self, student_bev: Tensor, target_bev: Tensor) -> tuple[Tensor, Tensor]:
+        """The two parts of a term: (KL(A_T || A_S) summed over rows and columns / B (also / (1 + N) with
+        ``kl_reduction='mean'``), mse_weight * MSE(F_S, F_T.detach()))."""
         target = _match_target(student_bev, target_bev)
         if self.normalize:  # not in the method: an option for targets whose raw features are large or noisy
             student_bev, target = self.standardize(student_bev), self.standardize(target)
@@ -180,7 +181,12 @@ class TgpdLoss(nn.Module):
         kl = F.kl_div(log_a_s, log_a_t, reduction='batchmean', log_target=True)
         if self.kl_reduction == 'mean':  # not in the method: the KL of one attention row, whatever N is
             kl = kl / log_a_s.shape[1]
-        return kl + self.mse_weight * F.mse_loss(student_bev.float(), target.float())
+        return kl, self.mse_weight * F.mse_loss(student_bev.float(), target.float())
+
+    def term(self, student_bev: Tensor, target_bev: Tensor) -> Tensor:
+        """KL(A_T || A_S) plus mse_weight * MSE(F_S, F_T.detach()) (see :meth:`parts`)."""
+        kl, mse = self.parts(student_bev, target_bev)
+        return kl + mse
 
     def forward(self, student_bev: Tensor, teacher_bev: Optional[Tensor] = None,
                 coach_bev: Optional[Tensor] = None) -> dict[str, Tensor]:
