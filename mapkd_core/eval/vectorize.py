@@ -28,7 +28,7 @@ of the 37 direction planes alone took a third of the time); the clustering compu
 copy, vectorised along the pixels; the pieces are found per cluster on the cluster's bounding box, not on the whole
 grid; the skeletons of all classes form one graph, so the spanning forest and the two Dijkstra sweeps run once per
 frame (Kruskal's stable sort keeps each tree as it was); large temporaries are avoided (fresh megabyte arrays cost
-page faults). Second round (1.9x in CPU time): the clustering computes the exact distances only for the rows that
+page faults). Second round (1.7x in wall time): the clustering computes the exact distances only for the rows that
 pass a one-coordinate pre-filter (the same float term; a sum of non-negative terms is never below one of them),
 gathers them row-wise and transposes them with OpenCV, takes the mean with einsum (numpy's row-by-row sum without
 its per-row overhead) and writes partial sums to fresh arrays (numpy buffers an operation between two views of one
@@ -39,7 +39,11 @@ graph and the symmetric tree are built as CSR arrays directly, the sweeps are mu
 traced on lists; the class argmax updates its uint8 index arithmetically (a masked assignment costs 10x on noisy
 masks); the softmax works plane by plane; the direction argmax is a row-wise argmax of the point-major gather and
 all polylines are oriented at once; :func:`~mapkd_core.geometry.pixel_to_metres` caches the inverse grid affine.
-MEASURED
+Measured (40 frames at 200 x 400, 2-core machine): idle, 6.2 ms/frame wall and 6.3 ms CPU against the reference's
+261 ms wall and 418 ms CPU, i.e. 42x in wall time and 67x in CPU time (the first round, same conditions: 10.5 ms
+wall, 20.1 ms CPU: 24x and 22x); with two busy processes on the cores, 51x and 69x (first round: 33x and 48x). The
+reference runs partly on two threads (its CPU time exceeds its wall time), ours on one, so the wall ratio is lowest
+on an idle machine.
 """
 from __future__ import annotations
 
@@ -486,7 +490,8 @@ def vectorize(semantic: np.ndarray, embedding: np.ndarray | None, direction: np.
         if len(flat) < cfg.min_pixels:
             continue
         if embedding is not None:
-            emb = np.ascontiguousarray(embedding.reshape(len(embedding), -1)[:, flat].T, dtype=np.float32)  # (n, D)
+            rows, cols = np.divmod(flat, w)
+            emb = np.ascontiguousarray(embedding[:, rows, cols].T, dtype=np.float32)  # (n, D), any layout
             cluster = cluster_embeddings(emb, cfg.cluster_radius)
         else:
             cluster = np.zeros(len(flat), np.int64)
