@@ -11,6 +11,8 @@ Every module converts between BEV cells and metres with :func:`bev_affine` and t
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from .config import GridConfig
@@ -41,9 +43,17 @@ def metres_to_pixel(grid: GridConfig, x, y):
     return a[0, 0] * x + a[0, 2], a[1, 1] * y + a[1, 2]
 
 
+@lru_cache(maxsize=16)
+def _metres_affine(grid: GridConfig) -> np.ndarray:
+    """The inverse of :func:`bev_affine` (read-only; computed once per grid: a LAPACK call costs ~0.1 ms)."""
+    a = np.linalg.inv(bev_affine(grid))
+    a.setflags(write=False)
+    return a
+
+
 def pixel_to_metres(grid: GridConfig, u, v):
     """Continuous pixel coordinates (u = column, v = row) -> ego-frame metres (x, y)."""
-    a = np.linalg.inv(bev_affine(grid))
+    a = _metres_affine(grid)
     u = np.asarray(u, dtype=np.float64)
     v = np.asarray(v, dtype=np.float64)
     return a[0, 0] * u + a[0, 2], a[1, 1] * v + a[1, 2]

@@ -1,10 +1,15 @@
 """The vectorizer's fast building blocks give exactly what their plain numpy / scikit-image forms give (the speed-up
 of the vectorizer kept its polylines bit for bit; these pin the pieces that could drift)."""
+import cv2
 import numpy as np
 import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree, shortest_path
 from skimage.measure import label
+from skimage.morphology import skeletonize
 
-from mapkd_core.eval.vectorize import _instance_pieces, _sq_dist, argmax0, cluster_embeddings
+from mapkd_core.eval.vectorize import (_csr, _direction_bins, _forest_paths, _groups, _instance_pieces, _mean_rows,
+                                       _orient, _skeleton_graph, _sq_dist, argmax0, cluster_embeddings, softmax)
 
 
 def test_argmax0_equals_numpy_including_ties():
@@ -20,8 +25,10 @@ def test_argmax0_equals_numpy_including_ties():
 def test_sq_dist_has_the_bits_of_the_row_wise_sum(d, dtype):
     rng = np.random.default_rng(d)
     x = (rng.normal(size=(500, d)) * 4).astype(dtype)
-    got = _sq_dist(np.ascontiguousarray(x.T), x[7], np.empty((d, 500), dtype))
-    assert np.array_equal(got, ((x - x[7]) ** 2).sum(1))
+    cols = np.ascontiguousarray(x.T)
+    expected = ((x - x[7]) ** 2).sum(1)
+    assert np.array_equal(_sq_dist(cols, x[7]), expected)
+    assert np.array_equal(_sq_dist(cols, x[7], out=cols), expected)  # in place
 
 
 def reference_clustering(emb, radius):
@@ -48,16 +55,37 @@ def test_cluster_embeddings_equals_the_plain_form(noise):
     assert got.max() >= 5  # the six instances (and, with more noise, stray points) are found
 
 
-def test_instance_pieces_are_skimage_label_pieces_in_its_order():
-    rng = np.random.default_rng(2)
-    shape = (60, 90)
+def _blobs(rng, shape):
+    """Blobs and bands of five clusters that touch and overlap: clusters in several pieces."""
     cl = np.zeros(shape, np.int64)
-    for j in range(15):  # blobs and bands of five clusters that touch and overlap
+    for j in range(15):
         r, c = rng.integers(0, 50), rng.integers(0, 80)
         cl[r:r + rng.integers(3, 15), c:c + rng.integers(3, 40)] = j % 5 + 1
     cl[rng.random(shape) < 0.05] = 0
+    return cl
+
+
+def _lines(rng, shape):
+    """Thick lines, one cluster each (one piece: the flood-fill path), some on the border, and a cluster in one big
+    and one small piece."""
+    cl = np.zeros(shape, np.uint8)
+    for j in range(4):
+        p = rng.integers(0, [shape[1], shape[0]], (2, 2))
+        cv2.line(cl, tuple(map(int, p[0])), tuple(map(int, p[1])), j + 1, 3)
+    cl[0, 10:40] = 5
+    cl[-2:, 50:80] = 6
+    cl[30:33, 0:20] = 7
+    cl[40:42, 85:87] = 7  # a small second piece of cluster 7 (dropped)
+    return cl.astype(np.int64)
+
+
+@pytest.mark.parametrize('scene', [_blobs, _lines])
+def test_instance_pieces_are_skimage_label_pieces_in_its_order(scene):
+    rng = np.random.default_rng(2)
+    shape = (60, 90)
+    cl = scene(rng, shape)
     flat = np.flatnonzero(cl)
-    cluster = cl.ravel()[flat] - 1
+    _, cluster = np.unique(cl.ravel()[flat], return_inverse=True)  # labels 0..K-1
     pieces = _instance_pieces(flat, cluster, shape, min_pixels=5)
     ref = label(cl, background=0, connectivity=2)
     sizes = np.bincount(ref.ravel())
@@ -66,5 +94,158 @@ def test_instance_pieces_are_skimage_label_pieces_in_its_order():
     for (k, crop, r0, c0), i in zip(pieces, expected):
         mask = np.zeros((shape[0] + 2, shape[1] + 2), bool)  # crops are padded by one pixel
         mask[r0 + 1:r0 + 1 + crop.shape[0], c0 + 1:c0 + 1 + crop.shape[1]] = crop
-        assert np.array_equal(mask[1:-1, 1:-1], ref == i)
-        assert k == cl[ref == i][0] - 1
+        assert crop.dtype == bool and np.array_equal(mask[1:-1, 1:-1], ref == i)
+        assert k == cluster[np.searchsorted(flat, np.flatnonzero(ref == i)[0])]
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('channels', [2, 4, 37])
+def test_softmax_plane_by_plane_has_the_bits_of_the_reductions(dtype, channels):
+    x = (np.random.default_rng(channels).normal(size=(channels, 20, 30)) * 5).astype(dtype)
+    expected = np.exp(x - x.max(0, keepdims=True))
+    expected /= expected.sum(0, keepdims=True)
+    got = softmax(x, 0)
+    assert got.dtype == dtype and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize('dtype', [np.intp, np.uint8])
+def test_argmax0_skips_nan_like_the_masked_form(dtype):
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 3, (5, 20, 30)).astype(np.float32)
+    a[rng.random(a.shape) < 0.05] = np.nan
+    best, expected = a[0].copy(), np.zeros(a.shape[1:], np.intp)  # the plain plane-by-plane form
+    for k in range(1, len(a)):
+        greater = a[k] > best
+        expected[greater] = k
+        np.maximum(best, a[k], out=best)
+    got = argmax0(a, dtype)
+    assert got.dtype == dtype and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize('d', [2, 3, 16, 33])
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_mean_rows_has_the_bits_of_numpy_mean(d, dtype):
+    rng = np.random.default_rng(d)
+    for m in (1, 2, 7, 100, 3000):
+        rows = (rng.normal(size=(m, d)) * 10 + 3).astype(dtype)
+        got = _mean_rows(rows)
+        assert got.dtype == dtype and np.array_equal(got, rows.mean(0))
+    one_column = rng.normal(size=(500, 1)).astype(np.float32)  # (numpy sums a single column pairwise)
+    assert np.array_equal(_mean_rows(one_column), one_column.mean(0))
+
+
+@pytest.mark.filterwarnings('ignore:Mean of empty slice', 'ignore:invalid value encountered')  # (NaN seeds)
+@pytest.mark.parametrize('noise', [0.05, 0.5])
+def test_cluster_embeddings_equals_the_plain_form_in_other_types_and_with_nan(noise):
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(5, 3)) * 3
+    emb = centres[rng.integers(0, 5, 1500)] + rng.normal(size=(1500, 3)) * noise  # float64, d < 8
+    emb[rng.random(1500) < 0.01, 1] = np.nan
+    assert np.array_equal(cluster_embeddings(emb, 1.5), reference_clustering(emb, 1.5))
+    f32 = np.asfortranarray(emb.astype(np.float32))  # any layout
+    assert np.array_equal(cluster_embeddings(f32, 1.5), reference_clustering(np.ascontiguousarray(f32), 1.5))
+
+
+def test_groups_and_csr_equal_their_plain_forms():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 300, 5000)
+    for k, group in zip(np.unique(labels), _groups(labels)):
+        assert np.array_equal(group, np.flatnonzero(labels == k))
+    keys = np.unique(rng.integers(0, 70000 ** 2, 4000))
+    rows, cols = np.divmod(keys, 70000)
+    perm = rng.permutation(len(keys))
+    rows, cols, data = rows[perm].astype(np.int32), cols[perm].astype(np.int32), rng.random(len(keys))
+    got, expected = _csr(rows, cols, data, 70000), coo_matrix((data, (rows, cols)), shape=(70000, 70000)).tocsr()
+    for part in ('indptr', 'indices', 'data'):
+        assert np.array_equal(getattr(got, part), getattr(expected, part))
+
+
+def _trace_plain(pred, start, end):
+    path = [end]
+    while path[-1] != start:
+        path.append(int(pred[path[-1]]))
+    return path[::-1]
+
+
+def _forest_paths_plain(pixels, owner, min_branch):
+    """One tree at a time: two Dijkstra sweeps each, the side branches of each tree by slicing the sparse tree."""
+    tree = minimum_spanning_tree(_skeleton_graph(pixels, owner))
+    tree = (tree + tree.T).tocsr()
+    n_comp, comp = connected_components(tree, directed=False)
+    paths, ids = [], []
+    for c in range(n_comp):
+        nodes = np.flatnonzero(comp == c)
+        if len(nodes) < 2:
+            continue
+        d = shortest_path(tree, directed=False, indices=nodes[0])
+        a = int(nodes[np.argmax(d[nodes])])
+        d, pred = shortest_path(tree, directed=False, indices=a, return_predecessors=True)
+        main = _trace_plain(pred, a, int(nodes[np.argmax(d[nodes])]))
+        left = np.setdiff1d(nodes, main)
+        if len(left) >= min_branch:
+            sub = tree[left][:, left]
+            n_left, lab = connected_components(sub, directed=False)
+            link = tree[left][:, main].tocoo()
+            detours = []
+            for k in range(n_left):
+                piece = np.flatnonzero(lab == k)
+                e = np.flatnonzero(np.isin(link.row, piece))
+                if len(piece) < min_branch or len(e) == 0:
+                    continue
+                start, at = int(link.row[e[0]]), int(link.col[e[0]])
+                d, pred = shortest_path(sub, directed=False, indices=start, return_predecessors=True)
+                end = int(np.argmax(np.where(lab == k, d, -1)))
+                detours.append((at, [int(left[n]) for n in _trace_plain(pred, start, end)]))
+            for at, out in sorted(detours, key=lambda t: -t[0]):
+                main = main[:at + 1] + out + out[-2::-1] + main[at:]
+        paths.append(pixels[np.array(main)].astype(np.float64))
+        ids.append(int(owner[nodes[0]]))
+    return paths, ids
+
+
+@pytest.mark.parametrize('min_branch', [1, 3, 10])
+def test_forest_paths_equal_the_plain_tree_by_tree_form(min_branch):
+    rng = np.random.default_rng(min_branch)
+    for trial in range(30):
+        h, w = rng.integers(5, 50, 2)
+        if trial % 2:  # random pixels: bushy trees with many branches
+            pixels = np.argwhere(rng.random((h, w)) < rng.uniform(0.2, 0.7))
+        else:  # skeletons of thick lines
+            img = np.zeros((h, w), np.uint8)
+            for _ in range(3):
+                p = rng.integers(0, [w, h], (2, 2))
+                cv2.line(img, tuple(map(int, p[0])), tuple(map(int, p[1])), 1, int(rng.integers(1, 5)))
+            pixels = np.argwhere(skeletonize(img.astype(bool)))
+        if len(pixels) < 2:
+            continue
+        owner = rng.integers(0, 3, len(pixels))
+        got, expected = _forest_paths(pixels, owner, min_branch), _forest_paths_plain(pixels, owner, min_branch)
+        assert got[1] == expected[1] and len(got[0]) == len(expected[0])
+        for a, b in zip(got[0], expected[0]):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def _orient_plain(pts, bins, angle_classes):
+    ok = bins > 0
+    if len(pts) < 2 or not ok.any():
+        return pts
+    d = np.diff(pts, axis=0)[ok]
+    predicted = (bins[ok] - 1) * (2 * np.pi / angle_classes)
+    return pts[::-1] if np.cos(np.arctan2(d[:, 0], d[:, 1]) - predicted).sum() < 0 else pts
+
+
+def test_orientation_of_all_polylines_at_once_equals_one_at_a_time():
+    rng = np.random.default_rng(6)
+    for trial in range(50):
+        direction = rng.normal(size=(37, 30, 40)).astype(np.float32)
+        if trial % 3 == 0:
+            direction[rng.random(direction.shape) < 0.02] = np.nan  # argmax0's NaN rule, not numpy's
+        chains = [np.cumsum(rng.integers(-1, 2, (int(rng.integers(1, 30)), 2)), 0).astype(np.float64)
+                  + rng.integers(0, [30, 40]) for _ in range(int(rng.integers(1, 6)))]
+        pts = np.concatenate([c[:-1] for c in chains])
+        r, c = np.clip(np.round(pts[:, 0]).astype(int), 0, 29), np.clip(np.round(pts[:, 1]).astype(int), 0, 39)
+        bins = argmax0(direction[:, r, c])
+        assert np.array_equal(_direction_bins(chains, direction), bins)
+        split = np.split(bins, np.cumsum([len(c) - 1 for c in chains])[:-1])
+        for got, chain, b in zip(_orient(chains, direction, 36), chains, split):
+            assert np.array_equal(got, _orient_plain(chain, b, 36))

@@ -21,13 +21,29 @@ at about 1 frame/s and was that system's bottleneck; it is kept as the reference
 
 Everything is deterministic (no random seed point), and vectorised with numpy / OpenCV / scipy.
 
-Speed (``benchmarks/bench_vectorize.py``; the polylines are bit for bit those of the first, 2.5x slower version):
-the argmax over classes is taken plane by plane and the direction argmax only at the polylines' pixels (numpy's
-axis-0 argmax of the 37 direction planes alone took a third of the time); the clustering computes distances on a
-column-major copy, vectorised along the pixels; the pieces are labelled per cluster by OpenCV on the cluster's
-bounding box, not on the whole grid; the skeletons of all classes form one graph, so the spanning forest and the
-two Dijkstra sweeps run once per frame (Kruskal's stable sort keeps each tree as it was); large temporaries are
-avoided (fresh megabyte arrays cost page faults).
+Speed (``benchmarks/bench_vectorize.py``; the polylines are bit for bit those of the first, slowest version, and
+``test/test_vectorize_fast.py`` pins every fast building block to its plain form). First round (2.5x): the argmax
+over classes is taken plane by plane and the direction argmax only at the polylines' pixels (numpy's axis-0 argmax
+of the 37 direction planes alone took a third of the time); the clustering computes distances on a column-major
+copy, vectorised along the pixels; the pieces are found per cluster on the cluster's bounding box, not on the whole
+grid; the skeletons of all classes form one graph, so the spanning forest and the two Dijkstra sweeps run once per
+frame (Kruskal's stable sort keeps each tree as it was); large temporaries are avoided (fresh megabyte arrays cost
+page faults). Second round (1.7x in wall time): the clustering computes the exact distances only for the rows that
+pass a one-coordinate pre-filter (the same float term; a sum of non-negative terms is never below one of them),
+gathers them row-wise and transposes them with OpenCV, takes the mean with einsum (numpy's row-by-row sum without
+its per-row overhead) and writes partial sums to fresh arrays (numpy buffers an operation between two views of one
+array, 4x slower); a flood fill from a cluster's first pixel tells whether the cluster is one piece, so OpenCV's
+labelling (the whole box, in two threads whose spinning doubled its CPU time) runs only for the others; the pixel
+graph and the symmetric tree are built as CSR arrays directly, the sweeps are multi-source Dijkstra runs
+(``min_only``) without scipy's transposes, the side branches of all trees are found at once and the paths are
+traced on lists; the class argmax updates its uint8 index arithmetically (a masked assignment costs 10x on noisy
+masks); the softmax works plane by plane; the direction argmax is a row-wise argmax of the point-major gather and
+all polylines are oriented at once; :func:`~mapkd_core.geometry.pixel_to_metres` caches the inverse grid affine.
+Measured (40 frames at 200 x 400, 2-core machine): idle, 6.2 ms/frame wall and 6.3 ms CPU against the reference's
+261 ms wall and 418 ms CPU, i.e. 42x in wall time and 67x in CPU time (the first round, same conditions: 10.5 ms
+wall, 20.1 ms CPU: 24x and 22x); with two busy processes on the cores, 51x and 69x (first round: 33x and 48x). The
+reference runs partly on two threads (its CPU time exceeds its wall time), ours on one, so the wall ratio is lowest
+on an idle machine.
 """
 from __future__ import annotations
 
@@ -35,8 +51,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components, minimum_spanning_tree, shortest_path
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spanning_tree
 from skimage.morphology import skeletonize
 
 from ..config import GridConfig
@@ -45,6 +61,7 @@ from ..data.vectors import MapVector
 from ..geometry import pixel_to_metres
 
 _OFFSETS = ((0, 1), (1, -1), (1, 0), (1, 1))  # half of the 8-neighbourhood: each edge once
+_OFFSET_WEIGHTS = np.array([np.hypot(dr, dc) for dr, dc in _OFFSETS])
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,20 @@ class VectorizeConfig:
 
 
 def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Softmax along ``axis``. Along axis 0 of a C-contiguous float array, the maximum and the sum are taken plane by
+    plane (numpy reduces a leading axis plane after plane too, so the bits are the same, but its keepdims reductions
+    and the temporaries cost 4x the time)."""
+    if axis == 0 and logits.ndim > 1 and logits.dtype.kind == 'f' and logits.flags.c_contiguous:
+        top = logits[0].copy()
+        for plane in logits[1:]:
+            np.maximum(top, plane, out=top)
+        e = np.subtract(logits, top)
+        np.exp(e, out=e)
+        total = e[0].copy()
+        for plane in e[1:]:
+            total += plane
+        e /= total
+        return e
     e = logits - logits.max(axis=axis, keepdims=True)  # in place from here: no large temporaries
     if e.dtype.kind != 'f':
         e = e.astype(np.float64)
@@ -67,118 +98,187 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     return e
 
 
-def argmax0(a: np.ndarray) -> np.ndarray:
+def argmax0(a: np.ndarray, dtype=np.intp) -> np.ndarray:
     """``a.argmax(0)`` of a (C, H, W) array, computed plane by plane (numpy's axis-0 argmax transposes the array and
-    reduces C-element rows, about 20x slower); the first maximum wins, as in numpy."""
+    reduces C-element rows, about 20x slower); the first maximum wins, as in numpy. The index is updated by
+    arithmetic, not by a masked assignment, whose cost grows 10x when the mask is noisy; ``dtype``: the index type
+    (uint8 is faster than intp where C <= 256)."""
     best = a[0].copy()
-    idx = np.zeros(a.shape[1:], np.intp)
+    idx = np.zeros(a.shape[1:], dtype)
+    greater = np.empty(a.shape[1:], bool)
     for k in range(1, len(a)):
-        greater = a[k] > best
-        idx[greater] = k
+        np.greater(a[k], best, out=greater)
+        idx += (k - idx) * greater  # k where greater (idx < k: no wrap-around in unsigned types)
         np.maximum(best, a[k], out=best)
     return idx
 
 
-def _sq_dist(cols: np.ndarray, point: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+def _sq_dist(cols: np.ndarray, point: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Squared distances of the columns of ``cols`` (d, n) to ``point`` (d,), vectorised along n, summed in the
     order of numpy's pairwise row sum (8 interleaved partial sums, then a tree), so that the bits equal
-    ``((rows - point) ** 2).sum(1)`` on the rows. ``scratch``: at least (d, n), same dtype."""
+    ``((rows - point) ** 2).sum(1)`` on the rows. ``out``: where the differences go ((d, n), may be ``cols``).
+
+    The partial sums go to fresh arrays: numpy buffers an operation whose output shares its base array with an
+    input that is not the output itself (``sq[:8] += sq[8:16]``), which makes it about 4x slower."""
     d, n = cols.shape
-    sq = np.subtract(cols, point[:, None], out=scratch[:d, :n])
+    sq = np.subtract(cols, point[:, None], out=out)
     sq *= sq
     if d < 8:
+        total = sq[0].copy()
         for j in range(1, d):
-            sq[0] += sq[j]
-        return sq[0]
+            total += sq[j]
+        return total
     full = d - d % 8
-    for b in range(8, full, 8):
-        sq[:8] += sq[b:b + 8]
-    sq[:4] = sq[0:8:2] + sq[1:8:2]  # (r0 + r1), (r2 + r3), (r4 + r5), (r6 + r7)
-    sq[:2] = sq[0:4:2] + sq[1:4:2]
-    sq[0] += sq[1]
+    part = sq[:8] + sq[8:16] if full > 8 else sq[:8]
+    for b in range(16, full, 8):
+        part += sq[b:b + 8]
+    quad = part[0:8:2] + part[1:8:2]  # (r0 + r1), (r2 + r3), (r4 + r5), (r6 + r7)
+    pair = quad[0:4:2] + quad[1:4:2]
+    total = pair[0] + pair[1]
     for j in range(full, d):
-        sq[0] += sq[j]
-    return sq[0]
+        total += sq[j]
+    return total
+
+
+def _mean_rows(rows: np.ndarray) -> np.ndarray:
+    """``rows.mean(0)`` with the same bits, about 4x faster. numpy sums the rows of a C-contiguous (m, d > 1) array
+    one after the other, with a ufunc call per row; einsum adds them in the same order without that overhead."""
+    if rows.ndim == 2 and len(rows) and rows.shape[1] > 1 and rows.dtype in (np.float32, np.float64) \
+            and rows.flags.c_contiguous:
+        total = np.einsum('ij->j', rows)
+        total /= len(rows)
+        return total
+    return rows.mean(0)
+
+
+def _columns(rows: np.ndarray) -> np.ndarray:
+    """A column-major copy (d, m) of the rows (m, d); OpenCV's transpose is about 5x faster than numpy's copy."""
+    if len(rows) and rows.dtype in (np.float32, np.float64):
+        return cv2.transpose(rows)
+    return np.ascontiguousarray(rows.T)
 
 
 def cluster_embeddings(emb: np.ndarray, radius: float) -> np.ndarray:
     """Greedy seeded clustering of (n, d) embeddings: labels 0..k-1. The seed is the first unassigned row.
 
     Each cluster is the unassigned rows within ``radius`` of the mean of the unassigned rows within ``radius`` of
-    the seed (one mean-shift step). The distances are computed on a column-major copy of the unassigned rows,
-    vectorised along the rows (numpy's row-wise sum over 16 values is about 5x slower), compacted after each cluster.
+    the seed (one mean-shift step). The squared distances are computed for candidates only: the unassigned rows
+    whose squared difference to the point in one coordinate (one of wide spread) is below ``radius**2``. That term is
+    computed with the floats of :func:`_sq_dist` and the full sum of non-negative terms is never below one of them
+    (rounding is monotonic), so a row that fails the pre-filter fails the exact test too: the labels are those of the
+    plain form. The candidates' distances are computed on a column-major copy, vectorised along the rows (numpy's
+    row-wise sum over 16 values is about 5x slower).
     """
-    emb = np.asarray(emb)
+    emb = np.ascontiguousarray(emb)  # (rows gathered from any layout are C-contiguous: the means keep their bits)
     n, d = emb.shape
     labels = np.full(n, -1, np.int64)
     if n == 0:
         return labels
     r2 = radius * radius
-    free = np.arange(n)  # unassigned rows, in order
-    cols = np.ascontiguousarray(emb.T)  # (d, n_free): the unassigned rows, column-major
-    scratch = np.empty((d, n), emb.dtype)
+    with np.errstate(invalid='ignore'):
+        j = int(np.argmax(np.ptp(emb[::max(1, n // 256)], axis=0)))  # any coordinate is exact; a wide one is fast
+    free = np.arange(n)  # the unassigned rows, in order
+    key = emb[:, j].copy()  # their coordinate j
+
+    def within(point: np.ndarray) -> np.ndarray:
+        """Positions in ``free`` of the rows within ``radius`` of ``point``, ascending."""
+        t = key - point[j:j + 1]  # term j of _sq_dist, bit for bit
+        t *= t
+        near = np.flatnonzero(t < r2)
+        cols = _columns(emb.take(free[near], axis=0))
+        return near[_sq_dist(cols, point, cols) < r2]
+
     k = 0
     while len(free):
-        inside = _sq_dist(cols, cols[:, 0].copy(), scratch) < r2
-        centre = emb[free[inside]].mean(0)  # one mean-shift step from the seed (the seed itself is always in)
-        inside = _sq_dist(cols, centre, scratch) < r2
-        if not inside.any():
-            inside[0] = True
+        inside = within(emb[free[0]].copy())
+        centre = _mean_rows(emb.take(free[inside], axis=0))  # one mean-shift step (the seed itself is always in)
+        inside = within(centre)
+        if not len(inside):
+            inside = np.zeros(1, np.intp)
         labels[free[inside]] = k
-        keep = ~inside
-        free, cols = free[keep], cols[:, keep]
+        keep = np.ones(len(free), bool)
+        keep[inside] = False
+        free, key = free[keep], key[keep]
         k += 1
     return labels
 
 
+def _csr(rows: np.ndarray, cols: np.ndarray, data: np.ndarray, k: int) -> csr_matrix:
+    """The (k, k) CSR matrix of distinct entries (rows, cols, data) in canonical form (columns ascending in each row),
+    as ``coo_matrix(...).tocsr()`` makes it, at a fifth of the cost."""
+    order = np.argsort(rows.astype(np.int64) * k + cols, kind='stable')  # (distinct keys; timsort takes their runs)
+    indptr = np.zeros(k + 1, np.int32)
+    np.cumsum(np.bincount(rows, minlength=k), out=indptr[1:])
+    return csr_matrix((data[order], cols[order].astype(np.int32), indptr), shape=(k, k))
+
+
 def _skeleton_graph(pixels: np.ndarray, owner: np.ndarray):
     """Sparse 8-neighbour graph (weights 1 / sqrt 2) over skeleton pixel coordinates (k, 2) (row, col); pixels of
-    different owners are never joined."""
+    different owners are never joined. The neighbours at the four offsets are looked up at once in a flat index
+    grid over the pixels' bounding box (edges offset by offset, pixels ascending, as one lookup per offset)."""
     k = len(pixels)
-    rmin, cmin = pixels.min(0)
-    h, w = pixels.max(0) - pixels.min(0) + 3
-    index = np.full((h, w), -1, np.int64)
-    rr, cc = pixels[:, 0] - rmin + 1, pixels[:, 1] - cmin + 1
-    index[rr, cc] = np.arange(k)
-    src, dst, wts = [], [], []
-    for dr, dc in _OFFSETS:
-        nb = index[rr + dr, cc + dc]
-        ok = nb >= 0
-        ok[ok] = owner[nb[ok]] == owner[ok]
-        src.append(np.nonzero(ok)[0])
-        dst.append(nb[ok])
-        wts.append(np.full(ok.sum(), np.hypot(dr, dc)))
-    src, dst, wts = np.concatenate(src), np.concatenate(dst), np.concatenate(wts)
-    return coo_matrix((wts, (src, dst)), shape=(k, k)).tocsr()
+    rc = pixels - pixels.min(0) + 1  # a margin of one: a neighbour's key never wraps to another row
+    h, width = rc.max(0) + 2
+    key = rc[:, 0] * width + rc[:, 1]
+    index = np.full(h * width, -1, np.intp)
+    index[key] = np.arange(k)
+    nb = index[key + np.array([dr * width + dc for dr, dc in _OFFSETS])[:, None]]  # (4, k)
+    ok = nb >= 0
+    ok &= owner[nb] == owner  # (where nb is -1, ok is already False)
+    which, src = np.nonzero(ok)
+    return _csr(src, nb[ok], _OFFSET_WEIGHTS[which], k)
 
 
-def _trace(pred: np.ndarray, start: int, end: int) -> list[int]:
+def _trace(pred: list[int], start: int, end: int) -> list[int]:
+    """The tree path from ``start`` to ``end``, following the predecessors (a list: indexing numpy arrays one element
+    at a time costs several times more) back from ``end``."""
     path = [end]
-    while path[-1] != start:
-        path.append(int(pred[path[-1]]))
+    while end != start:
+        end = pred[end]
+        path.append(end)
     return path[::-1]
 
 
-def _add_detours(tree, nodes: np.ndarray, main: list[int], min_branch: int) -> list[int]:
-    """Insert side branches of at least ``min_branch`` nodes into the main path as out-and-back detours."""
-    left = np.setdiff1d(nodes, main)
-    if len(left) < min_branch:
-        return main
-    sub = tree[left][:, left]
-    n_left, lab = connected_components(sub, directed=False)
-    link = tree[left][:, main].tocoo()  # edges from leftover nodes to the main path
-    detours = []
-    for k in range(n_left):
-        piece = np.nonzero(lab == k)[0]
-        if len(piece) < min_branch:
-            continue
-        e = np.nonzero(np.isin(link.row, piece))[0]
-        if len(e) == 0:
-            continue
-        start, at = int(link.row[e[0]]), int(link.col[e[0]])
-        d, pred = shortest_path(sub, directed=False, indices=start, return_predecessors=True)
-        d = np.where(lab == k, d, -1)
-        detours.append((at, [int(left[n]) for n in _trace(pred, start, int(np.argmax(d)))]))
+def _branches(tree, mains: dict[int, list[int]], comp: np.ndarray, min_branch: int) -> dict[int, list]:
+    """The side branches of at least ``min_branch`` nodes of all trees at once: per tree ``c`` (main path
+    ``mains[c]``), a list of (position on the main path where the branch leaves it, the branch's path from the node
+    next to the main path to its farthest node), branches in the order of their smallest node.
+
+    Removing the main paths from the (symmetric) tree leaves the branches as components; each is attached to its main
+    path by one edge. The distances within a branch are path sums from that first node, as in a Dijkstra sweep on the
+    branch alone; of the nodes at the largest distance, the first one is the end."""
+    k = tree.shape[0]
+    position = np.full(k, -1)  # each main-path node's position on its path
+    for main in mains.values():
+        position[main] = np.arange(len(main))
+    off = position < 0
+    if off.sum() < min_branch:
+        return {}
+    edges = tree.tocoo()
+    inner = off[edges.row] & off[edges.col]
+    sub = _csr(edges.row[inner], edges.col[inner], edges.data[inner], k)  # symmetric, as the tree
+    _, lab = connected_components(sub, directed=False)
+    size = np.bincount(lab[off], minlength=lab.max() + 1)
+    attach = off[edges.row] & ~off[edges.col]  # (branch node, main node): one edge per branch
+    first, at = edges.row[attach], edges.col[attach]
+    big = size[lab[first]] >= min_branch
+    first, at = first[big], at[big]
+    if not len(first):
+        return {}
+    order = np.argsort(lab[first])  # the branches in the order of their smallest node (component label order)
+    first, at = first[order], at[order]
+    dist, pred, _ = dijkstra(sub, indices=first, return_predecessors=True, min_only=True)
+    pred = pred.tolist()
+    found: dict[int, list] = {}
+    for start, m in zip(first.tolist(), at.tolist()):
+        nodes = np.flatnonzero(lab == lab[start])
+        end = int(nodes[np.argmax(dist[nodes])])
+        found.setdefault(int(comp[start]), []).append((int(position[m]), _trace(pred, start, end)))
+    return found
+
+
+def _add_detours(main: list[int], detours: list) -> list[int]:
+    """Insert the side branches (position on ``main``, path out) into the main path as out-and-back detours."""
     for at, out in sorted(detours, key=lambda t: -t[0]):  # from the end, so that indices stay valid
         main = main[:at + 1] + out + out[-2::-1] + main[at:]
     return main
@@ -197,33 +297,31 @@ def _forest_paths(pixels: np.ndarray, owner: np.ndarray, min_branch: int) -> tup
     weights), so one call for all pieces of a frame gives the same paths as one call per piece."""
     if len(pixels) < 2:
         return [], []
-    tree = minimum_spanning_tree(_skeleton_graph(pixels, owner))
-    tree = (tree + tree.T).tocsr()
+    half = minimum_spanning_tree(_skeleton_graph(pixels, owner)).tocoo()
+    tree = _csr(np.r_[half.row, half.col], np.r_[half.col, half.row], np.r_[half.data, half.data], len(pixels))
     n_comp, comp = connected_components(tree, directed=False)
-    starts = np.unique(comp, return_index=True)[1]
     by_comp = np.argsort(comp, kind='stable')  # the nodes of each tree, ascending
     bounds = np.searchsorted(comp[by_comp], np.arange(n_comp + 1))
-    node = np.arange(len(comp))
+    starts = by_comp[bounds[:-1]]  # each tree's first node
 
     def farthest(dist):
-        """Per tree, the first node at the largest distance from the tree's source (row c of ``dist``)."""
-        own = dist[comp, node]  # each node's distance from its own tree's source
-        order = np.lexsort((node, -own, comp))
-        return order[bounds[:-1]]
-    ends_a = farthest(shortest_path(tree, directed=False, indices=starts))
-    d, pred = shortest_path(tree, directed=False, indices=ends_a, return_predecessors=True)
+        """Per tree, the first node at the largest distance from the tree's source."""
+        own = dist[by_comp]  # the distances of each tree's nodes (ascending) from its own source
+        top = np.repeat(np.maximum.reduceat(own, bounds[:-1]), np.diff(bounds))
+        at = np.flatnonzero(own == top)
+        return by_comp[at[np.searchsorted(at, bounds[:-1])]]
+    # multi-source sweeps (min_only: each tree from its own source); the tree is symmetric, so the default directed
+    # traversal is the undirected one without the transpose scipy would make
+    ends_a = farthest(dijkstra(tree, indices=starts, min_only=True))
+    d, pred, _ = dijkstra(tree, indices=ends_a, return_predecessors=True, min_only=True)
     ends_b = farthest(d)
-    paths, ids = [], []
-    for c in range(n_comp):
-        nodes = by_comp[bounds[c]:bounds[c + 1]]
-        if len(nodes) < 2:
-            continue
-        main = _trace(pred[c], int(ends_a[c]), int(ends_b[c]))
-        if len(nodes) - len(main) >= min_branch:
-            main = _add_detours(tree, nodes, main, min_branch)
-        paths.append(pixels[np.array(main)].astype(np.float64))
-        ids.append(int(owner[nodes[0]]))
-    return paths, ids
+    pred = pred.tolist()
+    mains = {c: _trace(pred, a, b) for c, (a, b) in enumerate(zip(ends_a.tolist(), ends_b.tolist()))
+             if bounds[c + 1] - bounds[c] > 1}
+    detours = _branches(tree, mains, comp, min_branch)
+    pixels = pixels.astype(np.float64)
+    paths = [pixels[_add_detours(main, detours[c]) if c in detours else main] for c, main in mains.items()]
+    return paths, [int(owner[by_comp[bounds[c]]]) for c in mains]
 
 
 def skeleton_paths(mask: np.ndarray, min_branch: int, pieces: np.ndarray | None = None) -> list[np.ndarray]:
@@ -251,36 +349,47 @@ def skeleton_paths(mask: np.ndarray, min_branch: int, pieces: np.ndarray | None 
     return _forest_paths(np.concatenate(pix), np.concatenate(owner), min_branch)
 
 
-def _instance_pieces(flat: np.ndarray, cluster: np.ndarray, shape: tuple[int, int], min_pixels: int):
+def _groups(labels: np.ndarray) -> list[np.ndarray]:
+    """The indices of each label's elements (labels >= 0), ascending, labels in increasing order (a stable sort;
+    numpy radix-sorts 8 and 16 bit integers, about 3x faster than int64)."""
+    if not len(labels):
+        return []
+    order = np.argsort(labels.astype(np.min_scalar_type(labels.max())), kind='stable')
+    return np.split(order, np.flatnonzero(np.diff(labels[order])) + 1)
+
+
+def _instance_pieces(flat: np.ndarray, cluster: np.ndarray, shape: tuple[int, int], min_pixels: int,
+                     groups: list[np.ndarray] | None = None):
     """The 8-connected pieces of each cluster of the pixels ``flat`` (raster indices, ascending) with at least
     ``min_pixels`` pixels, in the raster order of their first pixel (skimage's ``label`` order): a list of
-    (cluster, padded crop of the piece's bounding box, row0, col0). One OpenCV labelling per cluster, on the
-    cluster's bounding box; clusters smaller than ``min_pixels`` are skipped."""
+    (cluster, padded crop of the piece's bounding box, row0, col0). Per cluster, on its bounding box padded by one
+    pixel: a flood fill (8-connected) from its first pixel tells whether the cluster is one piece (the common case;
+    the fill visits the piece's pixels only, while a labelling scans the whole box, in two threads); if not, one
+    OpenCV labelling. Clusters smaller than ``min_pixels`` are skipped. A piece's first pixel in raster order is the
+    first of its pixels in the top row of its bounding box. ``groups``: ``_groups(cluster)`` if the caller has it."""
     w = shape[1]
-    order = np.argsort(cluster, kind='stable')
-    bounds = np.flatnonzero(np.diff(cluster[order])) + 1
     found = []  # (first raster index, cluster, crop, row0, col0)
-    for sel in np.split(order, bounds):
+    for sel in _groups(cluster) if groups is None else groups:
         if len(sel) < min_pixels:
             continue
         f = flat[sel]  # ascending: sel is sorted within a cluster (stable sort)
         r, c = np.divmod(f, w)
-        r0, c0 = int(r[0]), int(c.min())
-        box = np.zeros((int(r[-1]) - r0 + 1, int(c.max()) - c0 + 1), np.uint8)
-        box[r - r0, c - c0] = 1
-        n, lab, stats, _ = cv2.connectedComponentsWithStats(box, connectivity=8, ltype=cv2.CV_32S)
-        big = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_pixels) + 1
-        if len(big) == 0:
-            continue
-        ids, at_first = np.unique(lab[r - r0, c - c0], return_index=True)
-        first = np.zeros(n, np.int64)
-        first[ids] = f[at_first]  # each piece's first pixel (f is in raster order)
+        r0, c0 = int(r[0]) - 1, int(c.min()) - 1  # the box is padded by one pixel, as the crops
+        box = np.zeros((int(r[-1]) - r0 + 2, int(c.max()) - c0 + 2), np.uint8)
+        box[r - r0, c - c0] = 2
         k = int(cluster[sel[0]])
-        for j in big:
-            x, y, bw, bh = stats[j, :4]
+        seed = (int(c[0]) - c0, int(r[0]) - r0)  # (x, y) of the first pixel: its piece becomes 1
+        if cv2.floodFill(box, None, seed, 1, 0, 0, 8 | cv2.FLOODFILL_FIXED_RANGE)[0] == len(sel):
+            found.append((int(f[0]), k, box.view(bool), r0, c0))  # one piece (the cluster): its crop is the box
+            continue
+        _, lab, stats, _ = cv2.connectedComponentsWithStats(box, connectivity=8, ltype=cv2.CV_32S)
+        for j in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_pixels) + 1:
+            x, y, bw, bh = stats[j, :4].tolist()
+            piece = lab[y:y + bh, x:x + bw] == j
             crop = np.zeros((bh + 2, bw + 2), bool)
-            crop[1:-1, 1:-1] = lab[y:y + bh, x:x + bw] == j
-            found.append((int(first[j]), k, crop, r0 + int(y) - 1, c0 + int(x) - 1))
+            crop[1:-1, 1:-1] = piece
+            first = (r0 + y) * w + c0 + x + int(np.argmax(piece[0]))  # the piece's first pixel is in its top row
+            found.append((first, k, crop, r0 + y - 1, c0 + x - 1))
     found.sort(key=lambda t: t[0])
     return [t[1:] for t in found]
 
@@ -316,31 +425,38 @@ def _chain(paths: list[np.ndarray], max_gap_px: float) -> list[np.ndarray]:
     return chains
 
 
-def _orient(pts: np.ndarray, bins: np.ndarray | None, angle_classes: int) -> np.ndarray:
-    """Reverse the polyline (row, col) if its headings disagree with the predicted direction bins along it
-    (``bins``: the argmax direction bin at each of its points but the last)."""
-    if bins is None or len(pts) < 2:
-        return pts
-    ok = bins > 0
-    if not ok.any():
-        return pts
-    d = np.diff(pts, axis=0)[ok]
-    heading = np.arctan2(d[:, 0], d[:, 1])  # pixel space: atan2(d row, d col), as the direction ground truth
-    predicted = (bins[ok] - 1) * (2 * np.pi / angle_classes)
-    return pts[::-1] if np.cos(heading - predicted).sum() < 0 else pts
-
-
-def _direction_bins(chains: list[np.ndarray], direction: np.ndarray | None) -> list[np.ndarray | None]:
-    """The argmax bin of the direction logits (K, H, W) at every point but the last of each polyline (row, col):
-    one gather for all polylines (the full argmax over the K planes would cost more than the whole vectorizer)."""
-    if direction is None or not chains:
-        return [None] * len(chains)
+def _direction_bins(chains: list[np.ndarray], direction: np.ndarray) -> np.ndarray:
+    """The argmax bin of the direction logits (K, H, W) at every point but the last of each polyline (row, col),
+    concatenated: one gather for all polylines (the full argmax over the K planes would cost more than the whole
+    vectorizer)."""
     k, h, w = direction.shape
     pts = np.concatenate([chain[:-1] for chain in chains])
     r = np.clip(np.round(pts[:, 0]).astype(int), 0, h - 1)
     c = np.clip(np.round(pts[:, 1]).astype(int), 0, w - 1)
-    bins = argmax0(direction[:, r, c])  # (K, M) gather: any strides, no copy of the whole array
-    return np.split(bins, np.cumsum([len(chain) - 1 for chain in chains])[:-1])
+    logits = direction[:, r, c]  # (K, M) gather: any strides, no copy of the whole array
+    if logits.T.flags.c_contiguous and not (logits.dtype.kind == 'f' and np.isnan(logits).any()):
+        return logits.T.argmax(1)  # numpy lays the gather out point-major: a row-wise argmax, the first maximum wins
+    return argmax0(logits)  # (also where a NaN is: argmax0 skips it, numpy's argmax returns it)
+
+
+def _orient(chains: list[np.ndarray], direction: np.ndarray | None, angle_classes: int) -> list[np.ndarray]:
+    """Each polyline (row, col) reversed if its headings disagree with the predicted direction bins along it: the
+    sum over its segments (from points whose bin is not 0, "no direction") of cos(heading - predicted) is negative.
+    The headings and cosines of all polylines are computed at once; only the sums are taken per polyline."""
+    if direction is None or not chains:
+        return chains
+    bins = _direction_bins(chains, direction)
+    steps = np.concatenate([chain[1:] for chain in chains]) - np.concatenate([chain[:-1] for chain in chains])
+    ok = bins > 0
+    d = steps[ok]  # (np.diff of each polyline)
+    heading = np.arctan2(d[:, 0], d[:, 1])  # pixel space: atan2(d row, d col), as the direction ground truth
+    agree = np.cos(heading - (bins[ok] - 1) * (2 * np.pi / angle_classes))
+    ends = np.r_[0, np.cumsum(ok)][np.cumsum([len(chain) - 1 for chain in chains])].tolist()  # each one's terms
+    out, start = [], 0
+    for chain, end in zip(chains, ends):
+        out.append(chain[::-1] if end > start and agree[start:end].sum() < 0 else chain)
+        start = end
+    return out
 
 
 def _simplify(pts: np.ndarray, tol: float) -> np.ndarray:
@@ -359,8 +475,8 @@ def vectorize(semantic: np.ndarray, embedding: np.ndarray | None, direction: np.
     """Polylines from one sample's outputs: semantic (C, H, W) logits, embedding (D, H, W), direction (K, H, W)
     logits (K = angle classes + 1; optional). Returns MapVectors in ego-frame metres with scores."""
     cfg = cfg or VectorizeConfig()
-    probs = softmax(semantic.astype(np.float32), 0)
-    labels = argmax0(probs)
+    probs = softmax(semantic if semantic.dtype == np.float32 else semantic.astype(np.float32), 0)
+    labels = argmax0(probs, np.min_scalar_type(len(probs) - 1))
     h, w = labels.shape
     max_gap_px = cfg.max_gap / grid.xbound[2]
     # every class's instance pieces, skeletonised; one skeleton forest for the whole frame
@@ -373,13 +489,15 @@ def vectorize(semantic: np.ndarray, embedding: np.ndarray | None, direction: np.
         flat = np.flatnonzero(mask)
         if len(flat) < cfg.min_pixels:
             continue
-        rows, cols = np.divmod(flat, w)
         if embedding is not None:
-            cluster = cluster_embeddings(embedding[:, rows, cols].T.astype(np.float32), cfg.cluster_radius)
+            rows, cols = np.divmod(flat, w)
+            emb = np.ascontiguousarray(embedding[:, rows, cols].T, dtype=np.float32)  # (n, D), any layout
+            cluster = cluster_embeddings(emb, cfg.cluster_radius)
         else:
-            cluster = np.zeros(len(rows), np.int64)
-        classes.append((c, rows, cols, cluster))
-        for k, crop, r0, c0 in _instance_pieces(flat, cluster, (h, w), cfg.min_pixels):
+            cluster = np.zeros(len(flat), np.int64)
+        members = _groups(cluster)  # (cluster k's pixels are members[k]: the labels are 0..K-1)
+        classes.append((c, flat, members))
+        for k, crop, r0, c0 in _instance_pieces(flat, cluster, (h, w), cfg.min_pixels, members):
             p = _skeleton_pixels(crop, r0, c0)
             owner.append(np.full(len(p), len(piece_cluster)))
             pix.append(p)
@@ -389,10 +507,10 @@ def vectorize(semantic: np.ndarray, embedding: np.ndarray | None, direction: np.
     for path, pid in zip(paths, owners):
         by_cluster.setdefault(piece_cluster[pid], []).append(path)
     found = []  # (class, pixel polyline (row, col), score)
-    for c, rows, cols, cluster in classes:
-        score_px = probs[c, rows, cols]
+    for c, flat, members in classes:
+        score_px = probs[c].ravel()[flat]
         for k in sorted(k for cc, k in by_cluster if cc == c):
-            score = float(score_px[cluster == k].mean())
+            score = float(score_px[members[k]].mean())
             if score < cfg.min_score:
                 continue
             for chain in _chain(by_cluster[c, k], max_gap_px):
@@ -402,9 +520,8 @@ def vectorize(semantic: np.ndarray, embedding: np.ndarray | None, direction: np.
     if not found:
         return []
     angle_classes = direction.shape[0] - 1 if direction is not None else 36
-    bins = _direction_bins([chain for _, chain, _ in found], direction)
-    found = [(c, _simplify(_orient(chain, b, angle_classes), cfg.simplify), score)
-             for (c, chain, score), b in zip(found, bins)]
+    chains = _orient([chain for _, chain, _ in found], direction, angle_classes)
+    found = [(c, _simplify(chain, cfg.simplify), score) for (c, _, score), chain in zip(found, chains)]
     pix = np.concatenate([chain for _, chain, _ in found])
     x, y = pixel_to_metres(grid, pix[:, 1], pix[:, 0])  # one call for all polylines
     xy = np.split(np.stack([x, y], 1), np.cumsum([len(chain) for _, chain, _ in found])[:-1])
