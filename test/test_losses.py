@@ -40,6 +40,26 @@ def test_segmentation_loss_by_hand():
     assert SegmentationLoss(1.0)(logits, gt).item() == pytest.approx((4 * math.log(2) - 4 * math.log(0.75)) / 8,
                                                                      rel=1e-6)
     assert 'pos_weight' in dict(SegmentationLoss().named_buffers())
+    # one pos_weight per channel: the positives are pixel 0's divider (channel 1) and pixel 1's background (channel 0)
+    per_class = (1.0, 2.13, 5.0, 1.0)
+    expected = (4 * math.log(2) - (2.13 + 1.0) * math.log(0.75) - 2 * math.log(0.75)) / 8
+    assert SegmentationLoss(per_class)(logits, gt).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match='3 per-class pos_weight values for 4'):
+        SegmentationLoss((1.0, 2.0, 3.0))(logits, gt)
+    with pytest.raises(ValueError, match='positive'):
+        SegmentationLoss((1.0, 0.0, 1.0, 1.0))
+
+
+def test_pos_weight_in_the_training_config():
+    from mapkd_core.errors import ConfigError
+    from mapkd_core.train.config import LossWeights
+    from mapkd_core.config import from_dict
+    assert from_dict(LossWeights, {'pos_weight': 3}).pos_weight == 3.0
+    assert from_dict(LossWeights, {'pos_weight': [2.13, 2.13, 6, 2.13]}).pos_weight == (2.13, 2.13, 6.0, 2.13)
+    with pytest.raises(ConfigError, match='pos_weight'):
+        from_dict(LossWeights, {'pos_weight': [1.0, 2.0, 3.0]})
+    with pytest.raises(ConfigError, match='pos_weight: must be > 0'):
+        from_dict(LossWeights, {'pos_weight': [1.0, -1.0, 1.0, 1.0]})
 
 
 # --------------------------------------------------------------------------------------------------- discriminative

@@ -29,7 +29,8 @@ Numerical choices (documented here once):
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import math
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -72,20 +73,27 @@ def _zero(like: Tensor) -> Tensor:
 
 
 class SegmentationLoss(nn.Module):
-    """BCE-with-logits over every semantic channel against the GT one-hot, with a scalar ``pos_weight``, mean-reduced.
+    """BCE-with-logits over every semantic channel against the GT one-hot, with ``pos_weight``, mean-reduced.
 
     ``forward(logits (B, C, H, W), target (B, C, H, W) one-hot of any dtype) -> scalar``. Per element
-    ``-[pos_weight * y * log(sigmoid(z)) + (1 - y) * log(1 - sigmoid(z))]``, averaged over B*C*H*W.
+    ``-[pos_weight * y * log(sigmoid(z)) + (1 - y) * log(1 - sigmoid(z))]``, averaged over B*C*H*W. ``pos_weight`` is
+    one number for every channel (the method: 2.13) or one per channel (a rare class weighted up; not in the method).
     """
 
-    def __init__(self, pos_weight: float = POS_WEIGHT):
+    def __init__(self, pos_weight: float | Sequence[float] = POS_WEIGHT):
         super().__init__()
-        # non-persistent: the value comes from the config, never from a checkpoint
-        self.register_buffer('pos_weight', torch.tensor([float(pos_weight)]), persistent=False)
+        values = [float(pos_weight)] if isinstance(pos_weight, (int, float)) else [float(v) for v in pos_weight]
+        if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+            raise ValueError(f'pos_weight must be positive numbers, got {pos_weight!r}')
+        # (C, 1, 1) broadcasts over (B, C, H, W); non-persistent: the value comes from the config, never a checkpoint
+        self.register_buffer('pos_weight', torch.tensor(values).view(-1, 1, 1), persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.shape != target.shape:
             raise ValueError(f'semantic logits {tuple(logits.shape)} and target {tuple(target.shape)} differ')
+        if self.pos_weight.shape[0] not in (1, logits.shape[1]):
+            raise ValueError(f'{self.pos_weight.shape[0]} per-class pos_weight values for {logits.shape[1]} '
+                             f'semantic channels')
         logits = logits.float()
         target = target.to(device=logits.device, dtype=logits.dtype)
         return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight.to(logits))
@@ -192,7 +200,7 @@ class TaskLoss(nn.Module):
     """
 
     def __init__(self, seg: float = SEG_WEIGHT, var: float = VAR_WEIGHT, dist: float = DIST_WEIGHT,
-                 direction: float = DIRECTION_WEIGHT, pos_weight: float = POS_WEIGHT, delta_v: float = DELTA_V,
+                 direction: float = DIRECTION_WEIGHT, pos_weight: float | Sequence[float] = POS_WEIGHT, delta_v: float = DELTA_V,
                  delta_d: float = DELTA_D):
         super().__init__()
         self.weights = {'seg': float(seg), 'var': float(var), 'dist': float(dist), 'direction': float(direction)}

@@ -27,7 +27,9 @@ class LossWeights:
     var: float = 0.1
     dist: float = 0.1
     direction: float = 0.1
-    pos_weight: float = 2.13
+    #: BCE weight of the positive pixels: one number for all four channels (the method) or one per channel in the class
+    #: order (background, divider, ped_crossing, boundary), e.g. to weight the rare crossings up (not in the method)
+    pos_weight: float | tuple[float, float, float, float] = 2.13
     delta_v: float = 0.5
     delta_d: float = 3.0
     #: deep supervision of a prior-fused model's first-stage semantic logits (``features['stage1_semantic']``, the
@@ -35,6 +37,11 @@ class LossWeights:
     #: only through the HD head. P-MapNet instead trains the first stage (C+L+SD) alone for 30 epochs before adding
     #: the MAE head; at the CPU budget one joint run with this term stands in for that schedule (docs/training.md).
     stage1_seg: float = 0.0
+
+    def validate(self, where: str) -> None:
+        values = (self.pos_weight,) if isinstance(self.pos_weight, float) else self.pos_weight
+        if any(v <= 0 for v in values):
+            raise ConfigError(f'{where}pos_weight: must be > 0, got {self.pos_weight!r}')
 
 
 @dataclass(frozen=True)
