@@ -36,7 +36,9 @@ LONG = True
 #: training caches (decoded images, the frozen teacher's and coach's outputs) are filled once and shared by all runs
 TRAIN_FRAMES = 1200
 #: epochs over those frames per stage (the recipes' batch sizes: 8 for the HD prior, 2 for the others)
-EPOCHS = {'hd_prior': 1, 'teacher': 2, 'coach': 1, 'student': 2}
+EPOCHS = {'hd_prior': 6, 'teacher': 2, 'coach': 1, 'student': 2}
+#: the epoch after which the learning rate drops 10x (default: never within the run, i.e. the stage's epochs)
+LR_STEP = {'hd_prior': 5}
 
 #: the distillation terms of each student row: MapKD's train_s.py weights with TGPD bounded (standardised features, the
 #: attention KL averaged over its rows), as config/train/student_edge_cpu.yaml; the coach recipe bounds TGPD the same way
@@ -163,7 +165,7 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
             continue
         stage = 'student' if folder.startswith('student') else ('hd_prior' if folder == 'hd_prior' else folder)
         over = {**over, 'epochs': EPOCHS[stage], 'train_limit': train_frames, 'workers': workers,
-                'lr_step': EPOCHS[stage], 'val_every': EPOCHS[stage]}
+                'lr_step': LR_STEP.get(stage, EPOCHS[stage]), 'val_every': EPOCHS[stage]}
         if stage == 'teacher':
             over['init'] = {'path': str(out / 'hd_prior' / 'hd_prior.safetensors')}
         distill = over.get('distill', {})
