@@ -56,7 +56,10 @@ def test_demo_replays_the_val_scenes_through_the_node_and_scores_them(tmp_path):
     torch.manual_seed(0)
     random_weights = save_weights(build_model(without_init_weights(config_of(DEMO_WEIGHTS))),
                                   tmp_path / 'untrained.safetensors')
-    summary2, _ = run_demo(tmp_path / 'untrained', '--weights', str(random_weights), '--backend', 'torch')
+    # torch is slower than ONNX Runtime and the node drops sets it cannot keep up with (as on a vehicle): a quarter of
+    # real time, so that a loaded machine (CI beside other jobs) still processes every set
+    summary2, _ = run_demo(tmp_path / 'untrained', '--weights', str(random_weights), '--backend', 'torch',
+                           '--rate', '0.25')
     assert summary2['marker_arrays_received'] == 8
     assert abs(summary2['replayed']['miou'] - summary2['untrained_same_frames']['miou']) < 0.01
     assert summary2['replayed']['miou'] < shipped['miou'] - 0.02
