@@ -200,8 +200,8 @@ class TaskLoss(nn.Module):
     """
 
     def __init__(self, seg: float = SEG_WEIGHT, var: float = VAR_WEIGHT, dist: float = DIST_WEIGHT,
-                 direction: float = DIRECTION_WEIGHT, pos_weight: float | Sequence[float] = POS_WEIGHT, delta_v: float = DELTA_V,
-                 delta_d: float = DELTA_D):
+                 direction: float = DIRECTION_WEIGHT, pos_weight: float | Sequence[float] = POS_WEIGHT,
+                 delta_v: float = DELTA_V, delta_d: float = DELTA_D):
         super().__init__()
         self.weights = {'seg': float(seg), 'var': float(var), 'dist': float(dist), 'direction': float(direction)}
         self.segmentation = SegmentationLoss(pos_weight)
