@@ -9,7 +9,8 @@ from skimage.measure import label
 from skimage.morphology import skeletonize
 
 from mapkd_core.eval.vectorize import (_csr, _direction_bins, _forest_paths, _groups, _instance_pieces, _mean_rows,
-                                       _orient, _skeleton_graph, _sq_dist, argmax0, cluster_embeddings, softmax)
+                                       _orient, _skeleton_graph, _softmax_at, _sq_dist, argmax0, cluster_embeddings,
+                                       softmax, vectorize)
 
 
 def test_argmax0_equals_numpy_including_ties():
@@ -106,6 +107,36 @@ def test_softmax_plane_by_plane_has_the_bits_of_the_reductions(dtype, channels):
     expected /= expected.sum(0, keepdims=True)
     got = softmax(x, 0)
     assert got.dtype == dtype and np.array_equal(got, expected)
+
+
+def test_class_argmax_of_the_logits_and_scores_at_the_pixels_equal_the_softmax_of_the_grid():
+    """vectorize takes the class argmax of the logits and the softmax only at the polylines' pixels: the same labels
+    as the argmax of the whole grid's softmax, the same probability bits."""
+    x = (np.random.default_rng(3).normal(size=(4, 50, 60)) * 3).astype(np.float32)
+    probs = softmax(x, 0)
+    assert np.array_equal(argmax0(x, np.uint8), argmax0(probs, np.uint8))
+    planes = x.reshape(4, -1)
+    for c in range(4):
+        flat = np.flatnonzero(argmax0(x, np.uint8) == c)
+        assert len(flat) and np.array_equal(_softmax_at(planes, c, flat), probs[c].ravel()[flat])
+
+
+def test_vectorize_with_a_nan_logit_treats_that_pixel_as_the_plain_form_does():
+    """A NaN logit makes the pixel's softmax NaN (background for the argmax): vectorize falls back to the whole
+    grid's softmax there, so a NaN inside a line does not turn that pixel into another class."""
+    from mapkd_core.config import GridConfig
+    grid = GridConfig()
+    sem = np.zeros((4, *grid.shape), np.float32)
+    sem[0] = 5.0
+    sem[1, 100, 50:350], sem[0, 100, 50:350] = 10.0, 0.0  # one divider row
+    clean = vectorize(sem, None, None, grid)
+    assert len(clean) == 1 and clean[0].cls == 1
+    nan = sem.copy()
+    nan[3, 100, 50:200] = np.nan  # half the line: NaN in the boundary plane -> background in the plain form
+    cut = vectorize(nan, None, None, grid)
+    assert len(cut) == 1 and cut[0].cls == 1
+    length = lambda v: np.linalg.norm(np.diff(v.points, axis=0), axis=1).sum()  # noqa: E731
+    assert 0.4 < length(cut[0]) / length(clean[0]) < 0.6  # only the finite half is left
 
 
 @pytest.mark.parametrize('dtype', [np.intp, np.uint8])
