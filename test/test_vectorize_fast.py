@@ -1,16 +1,16 @@
-"""The vectorizer's fast building blocks give exactly what their plain numpy / scikit-image forms give (the speed-up
-of the vectorizer kept its polylines bit for bit; these pin the pieces that could drift)."""
+"""The vectorizer's fast building blocks (numpy and the compiled kernels of ``mapkd_core/eval/kernels.py``) give exactly
+what their plain numpy / scipy / scikit-image forms give, bit for bit; these pin the pieces that could drift."""
 import cv2
 import numpy as np
 import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree, shortest_path
 from skimage.measure import label
-from skimage.morphology import skeletonize
+from skimage.morphology import skeletonize, thin
 
-from mapkd_core.eval.vectorize import (_csr, _direction_bins, _forest_paths, _groups, _instance_pieces, _mean_rows,
-                                       _orient, _skeleton_graph, _softmax_at, _sq_dist, argmax0, cluster_embeddings,
-                                       softmax, vectorize)
+from mapkd_core.eval.kernels import GUO_HALL_FIRST, GUO_HALL_SECOND, _members_mean, _row_sq_dist, argmax_at, gather_rows
+from mapkd_core.eval.vectorize import (_direction_bins, _forest_paths, _groups, _instance_pieces, _orient,
+                                       _skeleton_pixels, _softmax_at, argmax0, cluster_embeddings, softmax, vectorize)
 
 
 def test_argmax0_equals_numpy_including_ties():
@@ -23,13 +23,13 @@ def test_argmax0_equals_numpy_including_ties():
 
 @pytest.mark.parametrize('d', [3, 8, 16, 20, 40])
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
-def test_sq_dist_has_the_bits_of_the_row_wise_sum(d, dtype):
+def test_row_sq_dist_has_the_bits_of_the_row_wise_sum(d, dtype):
     rng = np.random.default_rng(d)
     x = (rng.normal(size=(500, d)) * 4).astype(dtype)
-    cols = np.ascontiguousarray(x.T)
     expected = ((x - x[7]) ** 2).sum(1)
-    assert np.array_equal(_sq_dist(cols, x[7]), expected)
-    assert np.array_equal(_sq_dist(cols, x[7], out=cols), expected)  # in place
+    sq = np.empty(d, dtype)
+    got = np.array([_row_sq_dist(x, i, x[7], sq) for i in range(len(x))], dtype)
+    assert np.array_equal(got, expected)
 
 
 def reference_clustering(emb, radius):
@@ -155,14 +155,14 @@ def test_argmax0_skips_nan_like_the_masked_form(dtype):
 
 @pytest.mark.parametrize('d', [2, 3, 16, 33])
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
-def test_mean_rows_has_the_bits_of_numpy_mean(d, dtype):
+def test_members_mean_has_the_bits_of_numpy_mean(d, dtype):
     rng = np.random.default_rng(d)
-    for m in (1, 2, 7, 100, 3000):
+    for m in (1, 2, 7, 100, 3000, 20000):
         rows = (rng.normal(size=(m, d)) * 10 + 3).astype(dtype)
-        got = _mean_rows(rows)
-        assert got.dtype == dtype and np.array_equal(got, rows.mean(0))
-    one_column = rng.normal(size=(500, 1)).astype(np.float32)  # (numpy sums a single column pairwise)
-    assert np.array_equal(_mean_rows(one_column), one_column.mean(0))
+        pick = np.sort(rng.choice(m, max(1, m // 2), replace=False))
+        got = _members_mean(rows, pick, len(pick), np.empty(d, dtype))
+        assert got.dtype == dtype and np.array_equal(got, rows[pick].mean(0))
+    assert np.isnan(_members_mean(rows, pick, 0, np.empty(d, dtype))).all()  # no rows: NaN, as numpy's mean
 
 
 @pytest.mark.filterwarnings('ignore:Mean of empty slice', 'ignore:invalid value encountered')  # (NaN seeds)
@@ -177,18 +177,25 @@ def test_cluster_embeddings_equals_the_plain_form_in_other_types_and_with_nan(no
     assert np.array_equal(cluster_embeddings(f32, 1.5), reference_clustering(np.ascontiguousarray(f32), 1.5))
 
 
-def test_groups_and_csr_equal_their_plain_forms():
+def test_groups_equal_their_plain_form():
     rng = np.random.default_rng(5)
     labels = rng.integers(0, 300, 5000)
     for k, group in zip(np.unique(labels), _groups(labels)):
         assert np.array_equal(group, np.flatnonzero(labels == k))
-    keys = np.unique(rng.integers(0, 70000 ** 2, 4000))
-    rows, cols = np.divmod(keys, 70000)
-    perm = rng.permutation(len(keys))
-    rows, cols, data = rows[perm].astype(np.int32), cols[perm].astype(np.int32), rng.random(len(keys))
-    got, expected = _csr(rows, cols, data, 70000), coo_matrix((data, (rows, cols)), shape=(70000, 70000)).tocsr()
-    for part in ('indptr', 'indices', 'data'):
-        assert np.array_equal(getattr(got, part), getattr(expected, part))
+
+
+def _skeleton_graph_plain(pixels, owner):
+    """The 8-neighbour pixel graph (weights 1 and sqrt 2) of pixels of one owner, each edge once, in CSR form."""
+    where = {tuple(p): i for i, p in enumerate(pixels.tolist())}
+    rows, cols, data = [], [], []
+    for i, (r, c) in enumerate(pixels.tolist()):
+        for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):
+            j = where.get((r + dr, c + dc))
+            if j is not None and owner[j] == owner[i]:
+                rows.append(i)
+                cols.append(j)
+                data.append(np.hypot(dr, dc))
+    return coo_matrix((data, (rows, cols)), shape=(len(pixels), len(pixels))).tocsr()
 
 
 def _trace_plain(pred, start, end):
@@ -200,7 +207,7 @@ def _trace_plain(pred, start, end):
 
 def _forest_paths_plain(pixels, owner, min_branch):
     """One tree at a time: two Dijkstra sweeps each, the side branches of each tree by slicing the sparse tree."""
-    tree = minimum_spanning_tree(_skeleton_graph(pixels, owner))
+    tree = minimum_spanning_tree(_skeleton_graph_plain(pixels, owner))
     tree = (tree + tree.T).tocsr()
     n_comp, comp = connected_components(tree, directed=False)
     paths, ids = [], []
@@ -280,3 +287,69 @@ def test_orientation_of_all_polylines_at_once_equals_one_at_a_time():
         split = np.split(bins, np.cumsum([len(c) - 1 for c in chains])[:-1])
         for got, chain, b in zip(_orient(chains, direction, 36), chains, split):
             assert np.array_equal(got, _orient_plain(chain, b, 36))
+
+
+def _random_shapes(rng, n):
+    """Binary images: noise, thick lines and filled ellipses (blobs, bands, crossings, holes)."""
+    for t in range(n):
+        h, w = (int(v) for v in rng.integers(5, 60, 2))
+        if t % 3 == 0:
+            yield rng.random((h, w)) < rng.uniform(0.3, 0.9)
+            continue
+        img = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, 5))):
+            if t % 3 == 1:
+                p = rng.integers(0, [w, h], (2, 2))
+                cv2.line(img, tuple(map(int, p[0])), tuple(map(int, p[1])), 1, int(rng.integers(1, 6)))
+            else:
+                cv2.ellipse(img, (int(rng.integers(0, w)), int(rng.integers(0, h))),
+                            (int(rng.integers(1, 20)), int(rng.integers(1, 20))), float(rng.uniform(0, 180)), 0, 360,
+                            1, -1)
+        yield img.astype(bool)
+
+
+def test_guo_hall_tables_are_scikit_images():
+    from skimage.morphology._skeletonize import G123_LUT, G123P_LUT  # (private: our tables come from the paper)
+    assert np.array_equal(GUO_HALL_FIRST, G123_LUT.astype(bool))
+    assert np.array_equal(GUO_HALL_SECOND, G123P_LUT.astype(bool))
+
+
+def test_compiled_thinning_equals_scikit_image_thin():
+    rng = np.random.default_rng(11)
+    for mask in _random_shapes(rng, 600):
+        got = np.zeros(mask.shape, bool)
+        pixels = _skeleton_pixels(np.pad(mask, 1), -1, -1)  # (row0 = col0 = -1: the pad's offset)
+        got[pixels[:, 0], pixels[:, 1]] = True
+        assert np.array_equal(got, thin(mask))
+        assert np.array_equal(pixels, np.argwhere(got))  # raster order
+    assert len(_skeleton_pixels(np.zeros((5, 5), bool), 0, 0)) == 0
+
+
+def test_gather_rows_and_argmax_at_equal_numpy_in_any_layout():
+    rng = np.random.default_rng(12)
+    planes = rng.integers(0, 4, (37, 30, 50)).astype(np.float32)  # many ties: the first maximum wins
+    planes[5, 3, 4] = np.nan  # a NaN: never the maximum, and no later plane wins after it (as argmax0)
+    planes[0, 7, 9] = np.nan
+    flat = np.sort(rng.choice(30 * 50, 400, replace=False))
+    flat[:2] = [3 * 50 + 4, 7 * 50 + 9]
+    rows, cols = np.divmod(flat, 50)
+    for layout in (planes, np.asfortranarray(planes), planes.astype(np.float64), planes[:, ::-1, :]):
+        expected = layout.reshape(37, -1)[:, flat] if layout.flags.c_contiguous else layout[:, rows, cols]
+        assert np.array_equal(gather_rows(layout, flat), expected.T.astype(np.float32), equal_nan=True)
+        assert np.array_equal(argmax_at(layout, rows, cols), argmax0(layout[:, rows, cols]))
+
+
+def test_compile_kernels_reaches_every_kernel_for_float32_outputs():
+    import subprocess
+    import sys
+    code = ('from mapkd_core.config import GridConfig\n'
+            'from mapkd_core.eval import kernels\n'
+            'from mapkd_core.eval.vectorize import compile_kernels\n'
+            'compile_kernels(GridConfig())\n'
+            'for name in ("cluster_rows", "thin", "forest_paths", "gather_rows", "argmax_at"):\n'
+            '    sigs = [str(s) for s in getattr(kernels, name).signatures]\n'
+            '    print(name, len(sigs), any("float32" in s or "uint8" in s or "int64" in s for s in sigs))\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, check=True).stdout
+    lines = dict((line.split()[0], line.split()[1:]) for line in out.splitlines())
+    assert set(lines) == {'cluster_rows', 'thin', 'forest_paths', 'gather_rows', 'argmax_at'}
+    assert all(int(n) >= 1 and ok == 'True' for n, ok in lines.values()), out

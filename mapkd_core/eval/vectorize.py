@@ -7,10 +7,10 @@ at about 1 frame/s and was that system's bottleneck; it is kept as the reference
 2. **instances**: the instance embeddings of those pixels are grouped by a greedy seeded clustering (radius
    ``cluster_radius``, half the discriminative loss's push margin of 3.0) refined by one mean-shift step; each
    cluster is split into its 8-connected pieces, pieces smaller than ``min_pixels`` are dropped;
-3. **centre lines**: each piece is thinned to a one-pixel skeleton (scikit-image); its pixel graph (8-neighbours,
-   weights 1 and sqrt 2) is reduced to a minimum spanning tree (scipy.sparse.csgraph), whose longest path is the
-   polyline; a long side branch is kept as an out-and-back detour, short spurs are dropped; a path whose two ends
-   touch is closed (rings);
+3. **centre lines**: each piece is thinned to a one-pixel skeleton (Guo and Hall's two-subiteration thinning, as
+   ``skimage.morphology.thin``); its pixel graph (8-neighbours, weights 1 and sqrt 2) is reduced to a minimum
+   spanning tree, whose longest path is the polyline; a long side branch is kept as an out-and-back detour, short
+   spurs are dropped; a path whose two ends touch is closed (rings);
 4. **chaining**: the polylines of one cluster whose ends are within ``max_gap`` metres are joined (an instance cut
    by an occluder or by a higher class stays one polyline);
 5. **orientation** from the direction head: the polyline is reversed when its segments disagree with the predicted
@@ -19,35 +19,25 @@ at about 1 frame/s and was that system's bottleneck; it is kept as the reference
    :func:`mapkd_core.geometry.pixel_to_metres`; the score is the mean softmax probability of the class over the
    instance's pixels.
 
-Everything is deterministic (no random seed point), and vectorised with numpy / OpenCV / scipy.
+Everything is deterministic (no random seed point). The loops whose steps depend on each other (the clustering, the
+thinning, the skeleton trees) and the gathers at the pixels of a class run compiled (:mod:`.kernels`, numba), the
+rest is numpy / OpenCV.
 
-Speed (``benchmarks/bench_vectorize.py``; the polylines are bit for bit those of the first, slowest version, and
-``test/test_vectorize_fast.py`` pins every fast building block to its plain form). First round (2.5x): the argmax
-over classes is taken plane by plane and the direction argmax only at the polylines' pixels (numpy's axis-0 argmax
-of the 37 direction planes alone took a third of the time); the clustering computes distances on a column-major
-copy, vectorised along the pixels; the pieces are found per cluster on the cluster's bounding box, not on the whole
-grid; the skeletons of all classes form one graph, so the spanning forest and the two Dijkstra sweeps run once per
-frame (Kruskal's stable sort keeps each tree as it was); large temporaries are avoided (fresh megabyte arrays cost
-page faults). Second round (1.7x in wall time): the clustering computes the exact distances only for the rows that
-pass a one-coordinate pre-filter (the same float term; a sum of non-negative terms is never below one of them),
-gathers them row-wise and transposes them with OpenCV, takes the mean with einsum (numpy's row-by-row sum without
-its per-row overhead) and writes partial sums to fresh arrays (numpy buffers an operation between two views of one
-array, 4x slower); a flood fill from a cluster's first pixel tells whether the cluster is one piece, so OpenCV's
-labelling (the whole box, in two threads whose spinning doubled its CPU time) runs only for the others; the pixel
-graph and the symmetric tree are built as CSR arrays directly, the sweeps are multi-source Dijkstra runs
-(``min_only``) without scipy's transposes, the side branches of all trees are found at once and the paths are
-traced on lists; the class argmax updates its uint8 index arithmetically (a masked assignment costs 10x on noisy
-masks); the softmax works plane by plane; the direction argmax is a row-wise argmax of the point-major gather and
-all polylines are oriented at once; :func:`~mapkd_core.geometry.pixel_to_metres` caches the inverse grid affine.
-Measured (40 frames at 200 x 400, 2-core machine): idle, 6.2 ms/frame wall and 6.3 ms CPU against the reference's
-261 ms wall and 418 ms CPU, i.e. 42x in wall time and 67x in CPU time (the first round, same conditions: 10.5 ms
-wall, 20.1 ms CPU: 24x and 22x); with two busy processes on the cores, 51x and 69x (first round: 33x and 48x). The
-reference runs partly on two threads (its CPU time exceeds its wall time), ours on one, so the wall ratio is lowest
-on an idle machine. Third round (2026-12-01, 4.5 % in wall time, polylines bit for bit on finite logits): the class
-argmax is taken on the logits and the softmax only at the classes' pixels, for the scores. Idle, with a rest before
-each timed call: 8.0 ms wall / 8.2 ms CPU against 319 ms / 512 ms, 40x wall and 63x CPU (with the reference on one
-thread too, ``OMP_NUM_THREADS=1``: 56x). A worker thread for one class's clustering and skeletons was tried and
-measured no faster (the GIL: most of the work is many small numpy calls).
+Speed (``benchmarks/bench_vectorize.py``, ``docs/evaluation.md``): four rounds, each holding every building block to
+its plain form bit for bit (``test/test_vectorize_fast.py``). The first two rounds vectorised the numpy (plane-by-
+plane argmax, the clustering on a pre-filtered column-major copy in numpy's summation order, pieces by flood fill per
+cluster box, one skeleton forest per frame with CSR graphs and multi-source Dijkstra sweeps): 17.1 -> 6.2 ms per frame
+idle, 42x the DBSCAN reference in wall time. The third took the class argmax of the logits and the softmax only at
+the classes' pixels (4.5 %). What was left were many small numpy calls per cluster, per piece and per tree; the fourth
+round (2026-12-01) compiles those loops: the clustering, the spanning forest with its sweeps and detours (a tree's
+path sums are what Dijkstra computes, so the depth-first walks give the same paths), the embedding gather and the
+direction argmax at the polyline points; and it thins with Guo and Hall's algorithm over the foreground pixels only
+instead of scikit-image's Zhang-Suen ``skeletonize``, which scans each piece's whole bounding box twice per pass (a
+quarter of the time was left there; the tables scikit-image's variant uses are not derived anywhere we could check,
+Guo and Hall's are written out in their paper and equal ``skimage.morphology.thin``'s). The thinning is the one change
+of output: the mAP against the ground-truth polylines stays 0.9974 on the benchmark's 40 frames (28.69 against 28.75
+for the demo student on mini_val). Measured idle on a 2-core VM: 6.7-7.6 ms per frame against the reference's
+426-490 ms, 61-71x in wall time, 97-108x in CPU time.
 """
 from __future__ import annotations
 
@@ -55,17 +45,13 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spanning_tree
-from skimage.morphology import skeletonize
 
 from ..config import GridConfig
 from ..constants import CLASS_NAMES
 from ..data.vectors import MapVector
 from ..geometry import pixel_to_metres
+from .kernels import GUO_HALL_FIRST, GUO_HALL_SECOND, argmax_at, cluster_rows, forest_paths, gather_rows, thin
 
-_OFFSETS = ((0, 1), (1, -1), (1, 0), (1, 1))  # half of the 8-neighbourhood: each edge once
-_OFFSET_WEIGHTS = np.array([np.hypot(dr, dc) for dr, dc in _OFFSETS])
 
 
 @dataclass(frozen=True)
@@ -123,215 +109,47 @@ def argmax0(a: np.ndarray, dtype=np.intp) -> np.ndarray:
     return idx
 
 
-def _sq_dist(cols: np.ndarray, point: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Squared distances of the columns of ``cols`` (d, n) to ``point`` (d,), vectorised along n, summed in the
-    order of numpy's pairwise row sum (8 interleaved partial sums, then a tree), so that the bits equal
-    ``((rows - point) ** 2).sum(1)`` on the rows. ``out``: where the differences go ((d, n), may be ``cols``).
-
-    The partial sums go to fresh arrays: numpy buffers an operation whose output shares its base array with an
-    input that is not the output itself (``sq[:8] += sq[8:16]``), which makes it about 4x slower."""
-    d, n = cols.shape
-    sq = np.subtract(cols, point[:, None], out=out)
-    sq *= sq
-    if d < 8:
-        total = sq[0].copy()
-        for j in range(1, d):
-            total += sq[j]
-        return total
-    full = d - d % 8
-    part = sq[:8] + sq[8:16] if full > 8 else sq[:8]
-    for b in range(16, full, 8):
-        part += sq[b:b + 8]
-    quad = part[0:8:2] + part[1:8:2]  # (r0 + r1), (r2 + r3), (r4 + r5), (r6 + r7)
-    pair = quad[0:4:2] + quad[1:4:2]
-    total = pair[0] + pair[1]
-    for j in range(full, d):
-        total += sq[j]
-    return total
-
-
-def _mean_rows(rows: np.ndarray) -> np.ndarray:
-    """``rows.mean(0)`` with the same bits, about 4x faster. numpy sums the rows of a C-contiguous (m, d > 1) array
-    one after the other, with a ufunc call per row; einsum adds them in the same order without that overhead."""
-    if rows.ndim == 2 and len(rows) and rows.shape[1] > 1 and rows.dtype in (np.float32, np.float64) \
-            and rows.flags.c_contiguous:
-        total = np.einsum('ij->j', rows)
-        total /= len(rows)
-        return total
-    return rows.mean(0)
-
-
-def _columns(rows: np.ndarray) -> np.ndarray:
-    """A column-major copy (d, m) of the rows (m, d); OpenCV's transpose is about 5x faster than numpy's copy."""
-    if len(rows) and rows.dtype in (np.float32, np.float64):
-        return cv2.transpose(rows)
-    return np.ascontiguousarray(rows.T)
-
-
 def cluster_embeddings(emb: np.ndarray, radius: float) -> np.ndarray:
     """Greedy seeded clustering of (n, d) embeddings: labels 0..k-1. The seed is the first unassigned row.
 
     Each cluster is the unassigned rows within ``radius`` of the mean of the unassigned rows within ``radius`` of
-    the seed (one mean-shift step). The squared distances are computed for candidates only: the unassigned rows
-    whose squared difference to the point in one coordinate (one of wide spread) is below ``radius**2``. That term is
-    computed with the floats of :func:`_sq_dist` and the full sum of non-negative terms is never below one of them
-    (rounding is monotonic), so a row that fails the pre-filter fails the exact test too: the labels are those of the
-    plain form. The candidates' distances are computed on a column-major copy, vectorised along the rows (numpy's
-    row-wise sum over 16 values is about 5x slower).
+    the seed (one mean-shift step); if none is, the seed alone. Compiled (:func:`.kernels.cluster_rows`), with
+    numpy's floating-point operations of that plain form, in float32 for float32 rows, float64 for any other type.
+    The rows are first tested on one coordinate of wide spread (a sum of non-negative terms is never below one of
+    them: exact, and most rows are out after one subtraction).
     """
-    emb = np.ascontiguousarray(emb)  # (rows gathered from any layout are C-contiguous: the means keep their bits)
+    emb = np.ascontiguousarray(emb, dtype=emb.dtype if emb.dtype in (np.float32, np.float64) else np.float64)
     n, d = emb.shape
-    labels = np.full(n, -1, np.int64)
     if n == 0:
-        return labels
-    r2 = radius * radius
+        return np.full(0, -1, np.int64)
     with np.errstate(invalid='ignore'):
         j = int(np.argmax(np.ptp(emb[::max(1, n // 256)], axis=0)))  # any coordinate is exact; a wide one is fast
-    free = np.arange(n)  # the unassigned rows, in order
-    key = emb[:, j].copy()  # their coordinate j
-
-    def within(point: np.ndarray) -> np.ndarray:
-        """Positions in ``free`` of the rows within ``radius`` of ``point``, ascending."""
-        t = key - point[j:j + 1]  # term j of _sq_dist, bit for bit
-        t *= t
-        near = np.flatnonzero(t < r2)
-        cols = _columns(emb.take(free[near], axis=0))
-        return near[_sq_dist(cols, point, cols) < r2]
-
-    k = 0
-    while len(free):
-        inside = within(emb[free[0]].copy())
-        centre = _mean_rows(emb.take(free[inside], axis=0))  # one mean-shift step (the seed itself is always in)
-        inside = within(centre)
-        if not len(inside):
-            inside = np.zeros(1, np.intp)
-        labels[free[inside]] = k
-        keep = np.ones(len(free), bool)
-        keep[inside] = False
-        free, key = free[keep], key[keep]
-        k += 1
-    return labels
-
-
-def _csr(rows: np.ndarray, cols: np.ndarray, data: np.ndarray, k: int) -> csr_matrix:
-    """The (k, k) CSR matrix of distinct entries (rows, cols, data) in canonical form (columns ascending in each row),
-    as ``coo_matrix(...).tocsr()`` makes it, at a fifth of the cost."""
-    order = np.argsort(rows.astype(np.int64) * k + cols, kind='stable')  # (distinct keys; timsort takes their runs)
-    indptr = np.zeros(k + 1, np.int32)
-    np.cumsum(np.bincount(rows, minlength=k), out=indptr[1:])
-    return csr_matrix((data[order], cols[order].astype(np.int32), indptr), shape=(k, k))
-
-
-def _skeleton_graph(pixels: np.ndarray, owner: np.ndarray):
-    """Sparse 8-neighbour graph (weights 1 / sqrt 2) over skeleton pixel coordinates (k, 2) (row, col); pixels of
-    different owners are never joined. The neighbours at the four offsets are looked up at once in a flat index
-    grid over the pixels' bounding box (edges offset by offset, pixels ascending, as one lookup per offset)."""
-    k = len(pixels)
-    rc = pixels - pixels.min(0) + 1  # a margin of one: a neighbour's key never wraps to another row
-    h, width = rc.max(0) + 2
-    key = rc[:, 0] * width + rc[:, 1]
-    index = np.full(h * width, -1, np.intp)
-    index[key] = np.arange(k)
-    nb = index[key + np.array([dr * width + dc for dr, dc in _OFFSETS])[:, None]]  # (4, k)
-    ok = nb >= 0
-    ok &= owner[nb] == owner  # (where nb is -1, ok is already False)
-    which, src = np.nonzero(ok)
-    return _csr(src, nb[ok], _OFFSET_WEIGHTS[which], k)
-
-
-def _trace(pred: list[int], start: int, end: int) -> list[int]:
-    """The tree path from ``start`` to ``end``, following the predecessors (a list: indexing numpy arrays one element
-    at a time costs several times more) back from ``end``."""
-    path = [end]
-    while end != start:
-        end = pred[end]
-        path.append(end)
-    return path[::-1]
-
-
-def _branches(tree, mains: dict[int, list[int]], comp: np.ndarray, min_branch: int) -> dict[int, list]:
-    """The side branches of at least ``min_branch`` nodes of all trees at once: per tree ``c`` (main path
-    ``mains[c]``), a list of (position on the main path where the branch leaves it, the branch's path from the node
-    next to the main path to its farthest node), branches in the order of their smallest node.
-
-    Removing the main paths from the (symmetric) tree leaves the branches as components; each is attached to its main
-    path by one edge. The distances within a branch are path sums from that first node, as in a Dijkstra sweep on the
-    branch alone; of the nodes at the largest distance, the first one is the end."""
-    k = tree.shape[0]
-    position = np.full(k, -1)  # each main-path node's position on its path
-    for main in mains.values():
-        position[main] = np.arange(len(main))
-    off = position < 0
-    if off.sum() < min_branch:
-        return {}
-    edges = tree.tocoo()
-    inner = off[edges.row] & off[edges.col]
-    sub = _csr(edges.row[inner], edges.col[inner], edges.data[inner], k)  # symmetric, as the tree
-    _, lab = connected_components(sub, directed=False)
-    size = np.bincount(lab[off], minlength=lab.max() + 1)
-    attach = off[edges.row] & ~off[edges.col]  # (branch node, main node): one edge per branch
-    first, at = edges.row[attach], edges.col[attach]
-    big = size[lab[first]] >= min_branch
-    first, at = first[big], at[big]
-    if not len(first):
-        return {}
-    order = np.argsort(lab[first])  # the branches in the order of their smallest node (component label order)
-    first, at = first[order], at[order]
-    dist, pred, _ = dijkstra(sub, indices=first, return_predecessors=True, min_only=True)
-    pred = pred.tolist()
-    found: dict[int, list] = {}
-    for start, m in zip(first.tolist(), at.tolist()):
-        nodes = np.flatnonzero(lab == lab[start])
-        end = int(nodes[np.argmax(dist[nodes])])
-        found.setdefault(int(comp[start]), []).append((int(position[m]), _trace(pred, start, end)))
-    return found
-
-
-def _add_detours(main: list[int], detours: list) -> list[int]:
-    """Insert the side branches (position on ``main``, path out) into the main path as out-and-back detours."""
-    for at, out in sorted(detours, key=lambda t: -t[0]):  # from the end, so that indices stay valid
-        main = main[:at + 1] + out + out[-2::-1] + main[at:]
-    return main
+    return cluster_rows(emb, emb.dtype.type(radius * radius), j)
 
 
 def _skeleton_pixels(crop: np.ndarray, row0: int, col0: int) -> np.ndarray:
-    """(k, 2) (row, col) pixels of the skeleton of one piece; ``crop`` is its bounding box padded by one pixel,
+    """(k, 2) (row, col) pixels of the skeleton of one piece (Guo and Hall's thinning, as
+    ``skimage.morphology.thin``, compiled: :func:`.kernels.thin`); ``crop`` is its bounding box padded by one pixel,
     whose top-left pixel is at (row0, col0) of the grid."""
-    return np.argwhere(skeletonize(crop)) + [row0, col0]
+    pixels = thin(crop.view(np.uint8) if crop.dtype == bool else crop, GUO_HALL_FIRST, GUO_HALL_SECOND)
+    pixels[:, 0] += row0
+    pixels[:, 1] += col0
+    return pixels
 
 
 def _forest_paths(pixels: np.ndarray, owner: np.ndarray, min_branch: int) -> tuple[list[np.ndarray], list[int]]:
-    """The polylines of skeleton pixels (k, 2) whose pieces are given by ``owner`` (no edge joins two owners): the
-    pixel graph's minimum spanning forest, the longest path of each tree (two Dijkstra sweeps for all trees at
-    once) and the long side branches as detours. The trees are independent (Kruskal with a stable sort of the
-    weights), so one call for all pieces of a frame gives the same paths as one call per piece."""
+    """The polylines of skeleton pixels (k, 2) whose pieces are given by ``owner`` (no edge joins two owners; each
+    owner's pixels in raster order), and each one's owner: the pixel graph's minimum spanning forest, the longest
+    path of each tree and its long side branches as detours, compiled (:func:`.kernels.forest_paths`). The trees are
+    independent (Kruskal with a stable sort of the weights), so one call for all pieces of a frame gives the same
+    paths as one call per piece."""
     if len(pixels) < 2:
         return [], []
-    half = minimum_spanning_tree(_skeleton_graph(pixels, owner)).tocoo()
-    tree = _csr(np.r_[half.row, half.col], np.r_[half.col, half.row], np.r_[half.data, half.data], len(pixels))
-    n_comp, comp = connected_components(tree, directed=False)
-    by_comp = np.argsort(comp, kind='stable')  # the nodes of each tree, ascending
-    bounds = np.searchsorted(comp[by_comp], np.arange(n_comp + 1))
-    starts = by_comp[bounds[:-1]]  # each tree's first node
-
-    def farthest(dist):
-        """Per tree, the first node at the largest distance from the tree's source."""
-        own = dist[by_comp]  # the distances of each tree's nodes (ascending) from its own source
-        top = np.repeat(np.maximum.reduceat(own, bounds[:-1]), np.diff(bounds))
-        at = np.flatnonzero(own == top)
-        return by_comp[at[np.searchsorted(at, bounds[:-1])]]
-    # multi-source sweeps (min_only: each tree from its own source); the tree is symmetric, so the default directed
-    # traversal is the undirected one without the transpose scipy would make
-    ends_a = farthest(dijkstra(tree, indices=starts, min_only=True))
-    d, pred, _ = dijkstra(tree, indices=ends_a, return_predecessors=True, min_only=True)
-    ends_b = farthest(d)
-    pred = pred.tolist()
-    mains = {c: _trace(pred, a, b) for c, (a, b) in enumerate(zip(ends_a.tolist(), ends_b.tolist()))
-             if bounds[c + 1] - bounds[c] > 1}
-    detours = _branches(tree, mains, comp, min_branch)
-    pixels = pixels.astype(np.float64)
-    paths = [pixels[_add_detours(main, detours[c]) if c in detours else main] for c, main in mains.items()]
-    return paths, [int(owner[by_comp[bounds[c]]]) for c in mains]
+    seq, starts, owners = forest_paths(np.ascontiguousarray(pixels, np.int64), np.ascontiguousarray(owner, np.int64),
+                                       min_branch)
+    if not len(owners):
+        return [], []
+    return np.split(pixels.astype(np.float64)[seq], starts[1:-1]), owners.tolist()
 
 
 def skeleton_paths(mask: np.ndarray, min_branch: int, pieces: np.ndarray | None = None) -> list[np.ndarray]:
@@ -437,16 +255,15 @@ def _chain(paths: list[np.ndarray], max_gap_px: float) -> list[np.ndarray]:
 
 def _direction_bins(chains: list[np.ndarray], direction: np.ndarray) -> np.ndarray:
     """The argmax bin of the direction logits (K, H, W) at every point but the last of each polyline (row, col),
-    concatenated: one gather for all polylines (the full argmax over the K planes would cost more than the whole
-    vectorizer)."""
+    concatenated: one compiled pass for all polylines (the full argmax over the K planes would cost more than the
+    whole vectorizer); the first maximum wins, a NaN never does (as :func:`argmax0`)."""
     k, h, w = direction.shape
     pts = np.concatenate([chain[:-1] for chain in chains])
     r = np.clip(np.round(pts[:, 0]).astype(int), 0, h - 1)
     c = np.clip(np.round(pts[:, 1]).astype(int), 0, w - 1)
-    logits = direction[:, r, c]  # (K, M) gather: any strides, no copy of the whole array
-    if logits.T.flags.c_contiguous and not (logits.dtype.kind == 'f' and np.isnan(logits).any()):
-        return logits.T.argmax(1)  # numpy lays the gather out point-major: a row-wise argmax, the first maximum wins
-    return argmax0(logits)  # (also where a NaN is: argmax0 skips it, numpy's argmax returns it)
+    if direction.dtype not in (np.float32, np.float64):
+        direction = direction.astype(np.float32)  # (the compiled argmax reads float32 and float64)
+    return argmax_at(direction, r, c)  # plane by plane at the points: no copy of the whole array
 
 
 def _orient(chains: list[np.ndarray], direction: np.ndarray | None, angle_classes: int) -> list[np.ndarray]:
@@ -486,6 +303,8 @@ def vectorize(semantic: np.ndarray, embedding: np.ndarray | None, direction: np.
     logits (K = angle classes + 1; optional). Returns MapVectors in ego-frame metres with scores."""
     cfg = cfg or VectorizeConfig()
     semantic = semantic if semantic.dtype == np.float32 else semantic.astype(np.float32)
+    if embedding is not None and embedding.dtype not in (np.float32, np.float64):
+        embedding = embedding.astype(np.float32)  # (the compiled gather reads float32 and float64)
     n_classes = len(semantic)
     if np.isfinite(semantic.sum()):
         # the class argmax of the logits is that of the softmax (exp and the division by one total are monotonic;
@@ -512,12 +331,7 @@ def vectorize(semantic: np.ndarray, embedding: np.ndarray | None, direction: np.
         if len(flat) < cfg.min_pixels:
             continue
         if embedding is not None:
-            if embedding.flags.c_contiguous:  # (n, D): a gather along the flat grid and OpenCV's transpose (1.2x)
-                emb = _columns(embedding.reshape(len(embedding), -1).take(flat, axis=1).astype(np.float32,
-                                                                                               copy=False))
-            else:  # any layout, without a copy of the whole grid
-                rows, cols = np.divmod(flat, w)
-                emb = np.ascontiguousarray(embedding[:, rows, cols].T, dtype=np.float32)
+            emb = gather_rows(embedding, flat)  # (n, D) float32: each pixel's embedding, any layout
             cluster = cluster_embeddings(emb, cfg.cluster_radius)
         else:
             cluster = np.zeros(len(flat), np.int64)
@@ -552,3 +366,22 @@ def vectorize(semantic: np.ndarray, embedding: np.ndarray | None, direction: np.
     x, y = pixel_to_metres(grid, pix[:, 1], pix[:, 0])  # one call for all polylines
     xy = np.split(np.stack([x, y], 1), np.cumsum([len(chain) for _, chain, _ in found])[:-1])
     return [MapVector(c, pts, score) for (c, _, score), pts in zip(found, xy)]
+
+
+def compile_kernels(grid: GridConfig, embedding_dim: int = 16, angle_classes: int = 36) -> None:
+    """Compile the vectorizer's kernels (:mod:`.kernels`) for float32 model outputs, or load them from numba's
+    cache, by vectorizing a made-up frame that reaches every one (a band of each class, two instances): the first
+    use on a machine compiles for about 15 s, a later process loads them in about a second. A node calls this
+    before its first frame."""
+    h, w = grid.shape
+    semantic = np.zeros((len(CLASS_NAMES), h, w), np.float32)
+    semantic[0] = 1.0
+    embedding = np.zeros((embedding_dim, h, w), np.float32)
+    for c in range(1, len(CLASS_NAMES)):
+        top = h * c // len(CLASS_NAMES)
+        semantic[c, top:top + 3, w // 8:w // 2] = 2.0  # one instance per class ...
+        semantic[c, top:top + 3, w // 2 + 2:w - w // 8] = 2.0  # ... and a second one, far in embedding space
+        embedding[0, top:top + 3, w // 2 + 2:] = 10.0
+    direction = np.zeros((angle_classes + 1, h, w), np.float32)
+    direction[1] = 1.0
+    vectorize(semantic, embedding, direction, grid, VectorizeConfig(min_pixels=4))

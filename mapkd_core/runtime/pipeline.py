@@ -17,7 +17,7 @@ import numpy as np
 
 from ..constants import BACKENDS
 from ..data.vectors import MapVector
-from ..eval.vectorize import VectorizeConfig, vectorize
+from ..eval.vectorize import VectorizeConfig, compile_kernels, vectorize
 from ..models.io import load_model
 from .backends import OnnxRuntimeBackend, TensorRTBackend, TorchBackend
 from .export import EXPORT_FORMAT, check_onnx_matches, export_onnx, file_sha256
@@ -99,7 +99,9 @@ class Pipeline:
         return MapPrediction(polylines, stamp, self.frame_id, timing)
 
     def warmup(self, runs: int = 2) -> None:
-        """Run the backend on zero images at the model's size, so the first real frame pays no lazy start-up."""
+        """Run the backend on zero images at the model's size and compile (or load) the vectorizer's kernels, so the
+        first real frame pays no lazy start-up."""
+        compile_kernels(self.grid)
         n = len(self.cameras)
         h, w = self.cfg.image.height, self.cfg.image.width
         k = np.tile(np.array([[w, 0.0, w / 2], [0.0, w, h / 2], [0.0, 0.0, 1.0]]), (n, 1, 1))
