@@ -47,6 +47,10 @@ class CorruptSensorFileError(MapkdError, ValueError):
     """A sensor file exists but cannot be decoded."""
 
 
+class ImageFormatError(MapkdError, ValueError):
+    """A camera image handed to the runtime has the wrong type, shape or size (the camera is named)."""
+
+
 class UnknownMapError(MapkdError, ValueError):
     """A city / map name has no map expansion (or OSM) file."""
 

@@ -25,6 +25,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from mapkd_core.errors import ConfigError
+
 NS = 1_000_000_000
 
 
@@ -56,11 +58,11 @@ class ApproximateTimeSync:
                  on_set: Callable[[SyncedSet], None] | None = None):
         names = list(names)
         if not names or len(set(names)) != len(names):
-            raise ValueError(f'camera names must be non-empty and unique, got {names}')
+            raise ConfigError(f'camera names must be non-empty and unique, got {names}')
         if not slop >= 0:
-            raise ValueError(f'slop must be >= 0 seconds, got {slop}')
+            raise ConfigError(f'slop must be >= 0 seconds, got {slop}')
         if int(queue_size) < 1:
-            raise ValueError(f'queue_size must be >= 1, got {queue_size}')
+            raise ConfigError(f'queue_size must be >= 1, got {queue_size}')
         self.names = tuple(names)
         self.slop_ns = int(round(slop * NS))
         self.queue_size = int(queue_size)

@@ -5,6 +5,7 @@ import time
 import pytest
 
 from mapkd_core.constants import CAMERAS
+from mapkd_core.errors import ConfigError
 from mapkd_ros.sync import NS, ApproximateTimeSync, KeyedThrottle, stamps_within
 
 MS = 1_000_000
@@ -167,10 +168,10 @@ def test_keyed_throttle_limits_each_key_on_its_own():
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match='unique'):
+    with pytest.raises(ConfigError, match='unique'):
         ApproximateTimeSync(['A', 'A'])
-    with pytest.raises(ValueError, match='slop'):
+    with pytest.raises(ConfigError, match='slop'):
         ApproximateTimeSync(['A'], slop=-1)
-    with pytest.raises(ValueError, match='queue_size'):
+    with pytest.raises(ConfigError, match='queue_size'):
         ApproximateTimeSync(['A'], queue_size=0)
     assert stamps_within([0, 50 * MS], 0.05) and not stamps_within([0, 51 * MS], 0.05)

@@ -10,7 +10,8 @@ from shapely.geometry import LineString, Point
 from mapkd_core.data.index import NuScenesIndex
 from mapkd_core.data.synth import SynthConfig
 from mapkd_core.data.synth.cache import synthetic_dataroot
-from mapkd_core.errors import WeightsMismatchError
+from mapkd_core.errors import (CalibrationError, ImageFormatError, IncompleteSampleError, UsageError,
+                               WeightsMismatchError)
 from mapkd_core.models import build_model, save_weights
 from mapkd_core.runtime import BackendUnavailableError, Pipeline
 from mapkd_core.runtime.backends import OnnxRuntimeBackend, TensorRTBackend, TorchBackend, engine_key
@@ -78,16 +79,18 @@ def test_preprocessing_resizes_normalises_and_scales_intrinsics(keyframe):
 def test_bad_images_and_calibration_are_named(packages, keyframe):
     pipe = Pipeline(packages['student_edge_tiny'])
     images, k, t = frame_inputs(keyframe)
-    with pytest.raises(ValueError, match='expected 6 images'):
+    with pytest.raises(IncompleteSampleError, match='expected 6 images'):
         pipe(images[:5], k, t)
     bad = list(images)
     bad[3] = images[3][..., 0]
-    with pytest.raises(ValueError, match=r'CAM_BACK_LEFT: expected an RGB uint8 image \(H, W, 3\)'):
+    with pytest.raises(ImageFormatError, match=r'CAM_BACK_LEFT: expected an RGB uint8 image \(H, W, 3\)'):
         pipe(bad, k, t)
     kk = k.copy()
     kk[4, 0, 0] = -1
-    with pytest.raises(ValueError, match='CAM_BACK: intrinsic matrix'):
+    with pytest.raises(CalibrationError, match='CAM_BACK: intrinsic matrix'):
         pipe(images, kk, t)
+    with pytest.raises(CalibrationError, match=r'calibration must be \(6, 3, 3\) intrinsics'):
+        pipe(images, k[:5], t)
 
 
 def test_corrupt_and_mismatched_packages_give_clear_errors(packages, tmp_path):
@@ -110,7 +113,7 @@ def test_corrupt_and_mismatched_packages_give_clear_errors(packages, tmp_path):
                         packages['student_edge_tiny'])
     with pytest.raises(WeightsMismatchError, match='exported from another model'):
         Pipeline(packages['student_tiny'], backend='onnxruntime', onnx=other)
-    with pytest.raises(ValueError, match="unknown backend 'tflite'"):
+    with pytest.raises(UsageError, match="unknown backend 'tflite'"):
         Pipeline(packages['student_tiny'], backend='tflite')
 
 

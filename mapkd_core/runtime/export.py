@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..constants import CLASS_NAMES
-from ..errors import WeightsMismatchError
+from ..errors import UsageError, WeightsMismatchError
 from ..models.io import model_config_yaml
 
 INPUTS = ('images', 'intrinsics', 'cam_to_ego')
@@ -108,10 +108,10 @@ def export_onnx(model, out_path: str | Path, weights_path: str | Path | None = N
     """Export a student to ONNX (static shapes, opset >= 16 for GridSample), with metadata, and check it."""
     import onnx
     if model.cfg.name not in ('student', 'student_edge', 'hdmapnet_cam'):
-        raise ValueError(f'only the camera-only models (students, hdmapnet_cam) run on the vehicle; '
+        raise UsageError(f'only the camera-only models (students, hdmapnet_cam) run on the vehicle; '
                          f'{model.cfg.name} is not exported')
     if opset < 16:
-        raise ValueError(f'opset {opset} is too old: GridSample needs opset 16 or later')
+        raise UsageError(f'opset {opset} is too old: GridSample needs opset 16 or later')
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training

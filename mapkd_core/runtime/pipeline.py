@@ -17,6 +17,7 @@ import numpy as np
 
 from ..constants import BACKENDS
 from ..data.vectors import MapVector
+from ..errors import UsageError, WeightsMismatchError
 from ..eval.vectorize import VectorizeConfig, compile_kernels, vectorize
 from ..models.io import load_model
 from .backends import OnnxRuntimeBackend, TensorRTBackend, TorchBackend
@@ -52,12 +53,12 @@ class Pipeline:
                  engine_cache: str | Path | None = None, fp16: bool = False, vectorize_cfg: VectorizeConfig | None = None,
                  frame_id: str = 'base_link', cache_dir: str | Path | None = None, log=print, threads: int = 0):
         if backend not in BACKENDS:
-            raise ValueError(f'unknown backend {backend!r}: use one of {", ".join(BACKENDS)}')
+            raise UsageError(f'unknown backend {backend!r}: use one of {", ".join(BACKENDS)}')
         self.weights = Path(weights)
         self.model = load_model(self.weights)
         self.cfg = self.model.cfg
         if self.cfg.name not in ('student', 'student_edge', 'hdmapnet_cam'):
-            raise ValueError(f'{weights} holds a {self.cfg.name}; the pipeline runs camera-only models (students, '
+            raise WeightsMismatchError(f'{weights} holds a {self.cfg.name}; the pipeline runs camera-only models (students, '
                              'hdmapnet_cam)')
         self.grid = self.cfg.grid
         self.cameras = tuple(self.cfg.image.cameras)

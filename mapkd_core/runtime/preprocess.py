@@ -13,6 +13,7 @@ import numpy as np
 
 from ..config import ImageConfig
 from ..data.images import normalize_images, resize_image
+from ..errors import CalibrationError, ImageFormatError, IncompleteSampleError
 from ..geometry import scale_intrinsics, validate_calibration
 
 
@@ -23,11 +24,11 @@ def prepare_inputs(images: Sequence[np.ndarray], intrinsics, cam_to_ego, image_c
     names = list(camera_names or image_cfg.cameras)
     n = len(image_cfg.cameras)
     if len(images) != n:
-        raise ValueError(f'expected {n} images ({", ".join(image_cfg.cameras)}), got {len(images)}')
+        raise IncompleteSampleError(f'expected {n} images ({", ".join(image_cfg.cameras)}), got {len(images)}')
     intrinsics = np.asarray(intrinsics, dtype=np.float64)
     cam_to_ego = np.asarray(cam_to_ego, dtype=np.float64)
     if intrinsics.shape != (n, 3, 3) or cam_to_ego.shape != (n, 4, 4):
-        raise ValueError(f'calibration must be ({n}, 3, 3) intrinsics and ({n}, 4, 4) extrinsics, got '
+        raise CalibrationError(f'calibration must be ({n}, 3, 3) intrinsics and ({n}, 4, 4) extrinsics, got '
                          f'{intrinsics.shape} and {cam_to_ego.shape}')
     hw = (image_cfg.height, image_cfg.width)
     resized = np.empty((n, hw[0], hw[1], 3), np.uint8)
@@ -35,9 +36,9 @@ def prepare_inputs(images: Sequence[np.ndarray], intrinsics, cam_to_ego, image_c
     for i, (img, name) in enumerate(zip(images, names)):
         img = np.asarray(img)
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(f'{name}: expected an RGB uint8 image (H, W, 3), got {img.dtype} {img.shape}')
+            raise ImageFormatError(f'{name}: expected an RGB uint8 image (H, W, 3), got {img.dtype} {img.shape}')
         if img.shape[0] < 8 or img.shape[1] < 8:
-            raise ValueError(f'{name}: image too small ({img.shape[1]}x{img.shape[0]})')
+            raise ImageFormatError(f'{name}: image too small ({img.shape[1]}x{img.shape[0]})')
         validate_calibration(intrinsics[i], cam_to_ego[i], name)
         resized[i] = resize_image(img, hw)
         ks[i] = scale_intrinsics(intrinsics[i], hw[1] / img.shape[1], hw[0] / img.shape[0])
