@@ -17,6 +17,7 @@ def test_package_xml_is_format3_with_the_runtime_dependencies():
     assert root.findtext('name') == 'mapkd_ros'
     deps = {e.text for e in root.findall('exec_depend')}
     assert {'rclpy', 'sensor_msgs', 'visualization_msgs', 'std_msgs', 'geometry_msgs'} <= deps
+    assert {'python3-numba', 'python3-scipy'} <= deps  # the node's vectorizer
     assert root.find('export/build_type').text == 'ament_python'
 
 
