@@ -222,6 +222,22 @@ def test_ground_sampler_reads_the_pixel_that_sees_the_ground_point(keyframe):
     assert bev[:, :40].abs().max() == 0
 
 
+def test_ground_sampler_for_export_equals_the_grid_sample_form(keyframe):
+    """``forward_gathered`` (one gather and one matrix product, what the ONNX export runs) equals ``forward``: cells
+    seen by several cameras, by none, and feature pixels at the image borders (zero padding)."""
+    image = ImageConfig()
+    sampler = GroundSampler(GridConfig(), (image.height, image.width))
+    k, t = real_rig(keyframe, image)
+    torch.manual_seed(3)
+    feats = torch.randn(2, 6, 5, 16, 44)
+    k2, t2 = torch.stack([k, k]), torch.stack([t, t])
+    t2[1, :, :3, 3] += torch.tensor([0.3, -0.2, 0.1])  # a second rig in the batch
+    ref = sampler(feats, k2, t2)
+    got = sampler.forward_gathered(feats, k2, t2)
+    assert got.shape == ref.shape and (ref != 0).float().mean() > 0.3 and (ref == 0).any()
+    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5), (got - ref).abs().max()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # determinism, save and load
 

@@ -57,6 +57,20 @@ class UpFuse(nn.Module):
         return self.conv(torch.cat([shallow, resize(deep, shallow.shape[-2:])], dim=1))
 
 
+def bilinear_corners(x: torch.Tensor, y: torch.Tensor, h: int, w: int):
+    """The four corners of bilinear sampling at pixel coordinates (x, y) of an h x w image, as ``F.grid_sample``
+    reads them (``align_corners=False`` coordinates already unnormalised, zero padding): a list of (raster index of
+    the corner, clamped into the image; its weight, 0 where the corner lies outside)."""
+    x0, y0 = torch.floor(x), torch.floor(y)
+    x1, y1 = x0 + 1, y0 + 1
+    corners = []
+    for xc, yc, wt in ((x0, y0, (x1 - x) * (y1 - y)), (x1, y0, (x - x0) * (y1 - y)),
+                       (x0, y1, (x1 - x) * (y - y0)), (x1, y1, (x - x0) * (y - y0))):
+        inside = (xc >= 0) & (xc <= w - 1) & (yc >= 0) & (yc <= h - 1)
+        corners.append(((yc.clamp(0, h - 1) * w + xc.clamp(0, w - 1)).to(torch.int64), wt * inside.to(wt.dtype)))
+    return corners
+
+
 def _load_state(path: str, what: str) -> dict:
     from ..data.dataroot import resolve_data_path
     p = resolve_data_path(path)

