@@ -11,6 +11,7 @@ machine load hits both, and the JSON holds ``onnxruntime_speedup`` (torch / onnx
 and the load average.
 
     python -m benchmarks.bench_runtime [--models student_edge,student] [--repeats 10] [--warmup 2] [--threads 1]
+    python -m benchmarks.bench_runtime --weights mapkd_ros/weights/student_demo.safetensors   # a trained file instead
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def measure_interleaved(pipes: dict, frame, warmup: int, repeats: int) -> dict:
                   'polylines_median': float(np.median(polylines[key]))} for key in pipes}
 
 
-def run(models: str, warmup: int, repeats: int, threads: int = 1) -> dict:
+def run(models: str, warmup: int, repeats: int, threads: int = 1, weights: str | None = None) -> dict:
+    """``weights``: one .safetensors file to time (its model, named by its config) instead of random ``models``."""
     import os
 
     import torch
@@ -84,17 +86,23 @@ def run(models: str, warmup: int, repeats: int, threads: int = 1) -> dict:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name in models.split(','):
-            torch.manual_seed(0)
-            weights = save_weights(build_model(name), tmp / f'{name}.safetensors')
+        if weights:
+            from mapkd_core.models.io import config_of
+            files = {config_of(weights).name: Path(weights)}
+        else:
+            files = {}
+            for name in models.split(','):
+                torch.manual_seed(0)
+                files[name] = save_weights(build_model(name), tmp / f'{name}.safetensors')
+        for name, weights_file in files.items():
             variants = _variants()
-            cpu = {f'{name} {b} {d}': make_pipeline(weights, b, d, f, tmp, threads) for b, d, f in variants
+            cpu = {f'{name} {b} {d}': make_pipeline(weights_file, b, d, f, tmp, threads) for b, d, f in variants
                    if d == 'cpu'}
             measured = measure_interleaved(cpu, frame, warmup, repeats)
             for backend, device, fp16 in variants:
                 if device != 'cpu':
                     key = f'{name} {backend} {device}{" fp16" if fp16 else ""}'
-                    measured[key] = measure_interleaved({key: make_pipeline(weights, backend, device, fp16, tmp)},
+                    measured[key] = measure_interleaved({key: make_pipeline(weights_file, backend, device, fp16, tmp)},
                                                         frame, warmup, repeats)[key]
             for key, r in measured.items():
                 results[key] = r
@@ -106,6 +114,7 @@ def run(models: str, warmup: int, repeats: int, threads: int = 1) -> dict:
             print(f'{name}: ONNX Runtime is {speedup[name]:.2f}x faster than torch (inference, {threads} thread(s) '
                   'each)', flush=True)
     payload = {'input': 'bundled real keyframe, 6 x 1600x900 RGB (decoded), batch 1', 'threads': threads,
+               'weights': str(weights) if weights else 'random',
                'torch_threads': torch.get_num_threads(), 'warmup': warmup, 'repeats': repeats,
                'onnxruntime_speedup': speedup, 'loadavg_before': list(load_before),
                'loadavg_after': list(os.getloadavg()), 'results': results}
@@ -121,10 +130,11 @@ def main(argv=None):
     p.add_argument('--repeats', type=int, default=10)
     p.add_argument('--threads', type=int, default=1,
                    help='CPU threads of torch and of ONNX Runtime alike (0: each its default)')
+    p.add_argument('--weights', default=None, help='time this .safetensors file instead of random --models')
     args = p.parse_args(argv)
     print(f'{"model backend device":<40}' + ''.join(f'{s + " p50":>10}{"p95":>8}' for s in
                                                      ('prep', 'infer', 'vect', 'total')))
-    run(args.models, args.warmup, args.repeats, args.threads)
+    run(args.models, args.warmup, args.repeats, args.threads, args.weights)
 
 
 if __name__ == '__main__':
