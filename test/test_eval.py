@@ -279,7 +279,8 @@ def test_mapkd_eval_command_writes_report_table_and_pictures(tmp_path):
         warnings.simplefilter('ignore')
         weights = save_weights(build_model('student_edge_tiny'), tmp_path / 'edge.safetensors')
     r = subprocess.run([sys.executable, '-m', 'mapkd_core.eval.cli', '--weights', str(weights), '--dataroot', str(root),
-                        '--split', 'mini_val', '--out', str(tmp_path / 'eval'), '--pictures', '2', '--quiet'],
+                        '--split', 'mini_val', '--out', str(tmp_path / 'eval'), '--pictures', '2', '--quiet',
+                        '--by-scene'],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert 'mIoU' in r.stdout and 'mAP' in r.stdout and 'frames/s' in r.stdout
@@ -289,6 +290,14 @@ def test_mapkd_eval_command_writes_report_table_and_pictures(tmp_path):
     assert report['thresholds'] == [0.5, 1.0, 1.5] and report['iou_gate'] == 0.1
     assert report['timing']['vectorize_ms_per_sample'] > 0
     assert len(report['pictures']) == 2 and all(Path(p).is_file() for p in report['pictures'])
+    # per scene: mini_val's two scenes, three frames each, whose pixel counts add up to the pooled ones
+    scenes = report['scenes']
+    assert sorted(scenes) == ['scene-0103', 'scene-0916'] and [s['samples'] for s in scenes.values()] == [3, 3]
+    for key in ('intersection', 'union'):
+        for c in CLASS_NAMES:
+            assert sum(s[key][c] for s in scenes.values()) == report[key][c]
+    assert all(s['map'] is None or 0 <= s['map'] <= 1 for s in scenes.values())
+    assert 'per scene' in r.stdout and 'scene-0916' in r.stdout
     # a missing weights file is a clear error, not a traceback
     r = subprocess.run([sys.executable, '-m', 'mapkd_core.eval.cli', '--weights', str(tmp_path / 'nope.safetensors'),
                         '--dataroot', str(root)], capture_output=True, text=True, timeout=120)

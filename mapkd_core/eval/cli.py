@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     p.add_argument('--device', default='cpu', help='cpu, cuda, cuda:N')
     p.add_argument('--thresholds', default='0.5,1.0,1.5', help='Chamfer thresholds in metres')
     p.add_argument('--bidirectional', action='store_true', help="HDMapNet's variant: bidirectional CD, no IoU gate")
+    p.add_argument('--by-scene', action='store_true', help='also print IoU / mIoU / mAP per scene (always in the JSON)')
     p.add_argument('--quiet', action='store_true')
     add_debug_flag(p)
     args = p.parse_args(argv)
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     report['weights'] = str(args.weights)
     report['data_config'] = str(data_path)
     path = write_report(report, out / 'report.json')
-    print(format_table(report))
+    print(format_table(report, scenes=args.by_scene))
     print(f'report: {path}')
     for pic in report['pictures']:
         print(f'picture: {pic}')

@@ -64,6 +64,9 @@ def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='c
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     iou = IoUMeter()
     ap = APMeter(cfg.grid, ap_cfg)
+    # the same meters per scene: a split's pooled score hides a scene the model cannot read (report['scenes'])
+    scene_iou: dict[str, IoUMeter] = {}
+    scene_ap: dict[str, APMeter] = {}
     t_model, t_vec, n = 0.0, 0.0, 0
     picked = set(picture_tokens)
     frames = {f.token: f for f in ds.frames}
@@ -81,6 +84,9 @@ def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='c
             torch.cuda.synchronize()
         t_model += time.perf_counter() - t0
         iou.update(out.semantic.float(), batch['semantic'])
+        for i, token in enumerate(batch['token']):
+            scene = frames[token].scene_name
+            scene_iou.setdefault(scene, IoUMeter()).update(out.semantic[i:i + 1].float(), batch['semantic'][i:i + 1])
         n += out.semantic.shape[0]
         if not vectors:
             continue
@@ -94,12 +100,19 @@ def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='c
             frame = frames[token]
             gt = ds._map_gt.vectors(frame.city, frame.ego_to_global)
             ap.update(pred, gt)
+            scene_ap.setdefault(frame.scene_name, APMeter(cfg.grid, ap_cfg)).update(pred, gt)
             if out_dir and (token in picked or (len(drawn) < pictures and not picked)):
                 drawn.append(_picture(out_dir, token, batch['semantic'][i].cpu().numpy(), sem[i], pred, gt, cfg.grid))
     model.train(was_training)
     report = {'split': split or getattr(ds, 'split', None) or cfg.dataset.split, 'samples': n, 'classes': list(CLASS_NAMES), **iou.compute()}
     if vectors:
         report.update(ap.compute())
+    report['scenes'] = {}
+    for scene in sorted(scene_iou):
+        m = scene_iou[scene].compute()
+        report['scenes'][scene] = {'samples': m['samples'], 'iou': m['iou'], 'miou': m['miou'],
+                                   'map': scene_ap[scene].compute()['map'] if scene in scene_ap else None,
+                                   'intersection': m['intersection'], 'union': m['union']}
     report['timing'] = {'model_ms_per_sample': 1e3 * t_model / max(n, 1),
                         'vectorize_ms_per_sample': 1e3 * t_vec / max(n, 1) if vectors else None,
                         'fps_model_and_vectorize': n / max(t_model + t_vec, 1e-9), 'device': str(device),
@@ -122,8 +135,9 @@ def _pct(v) -> str:
     return '-' if v is None else f'{100 * v:.2f}'
 
 
-def format_table(report: dict) -> str:
-    """A plain-text table: IoU per class, mIoU, AP per class and threshold, mAP, speed."""
+def format_table(report: dict, scenes: bool = False) -> str:
+    """A plain-text table: IoU per class, mIoU, AP per class and threshold, mAP, speed (``scenes``: then one line
+    per scene)."""
     lines = [f'samples: {report["samples"]}   split: {report["split"]}']
     iou = report['iou']
     lines.append('IoU   ' + '  '.join(f'{c}: {_pct(iou[c])}' for c in CLASS_NAMES[1:]) +
@@ -142,6 +156,11 @@ def format_table(report: dict) -> str:
     lines.append(f'speed: model {t["model_ms_per_sample"]:.1f} ms/sample' +
                  (f', vectorize {vec:.1f} ms/sample' if vec is not None else '') +
                  f', {t["fps_model_and_vectorize"]:.2f} frames/s ({t["device"]})')
+    if scenes and report.get('scenes'):
+        lines.append('per scene: samples, IoU ' + ' / '.join(CLASS_NAMES[1:]) + ', mIoU, mAP')
+        for name, r in report['scenes'].items():
+            lines.append(f'  {name:<24}{r["samples"]:5d}  ' + ' / '.join(_pct(r['iou'][c]) for c in CLASS_NAMES[1:]) +
+                         f'  {_pct(r["miou"])}  {_pct(r["map"])}')
     return '\n'.join(lines)
 
 
