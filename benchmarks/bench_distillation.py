@@ -57,6 +57,10 @@ ATTEMPTS = {
     # a teacher that misses a class (the CPU teacher has no crossings) pulls the student's pixels of that class
     # towards its mistake; distil only the foreground pixels where the teacher's argmax is right (not in the method)
     'MapKD, MSRD where the teacher is right': {**MAPKD, 'msrd_mask': 'correct'},
+    # the teacher's terms alone (the coach's weights, 0.001 MSRD and 0.01 TGPD, are under 2 % of the teacher's): they
+    # need only the teacher, so they run before the coach is trained and tell which term moves the student
+    'MSRD only (T)': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0},
+    'TGPD only (T)': {**MAPKD, 'msrd_teacher': 0.0, 'msrd_coach': 0.0, 'tgpd_coach': 0.0},
 }
 
 
