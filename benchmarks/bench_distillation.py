@@ -16,7 +16,9 @@ mean +- std rows), prints the Markdown table the README quotes, and draws ``benc
 
 Resumable: each run trains into its own folder under ``--out`` (the trainer resumes an interrupted run from its last
 epoch checkpoint and skips a finished one) and stores its evaluation as ``eval.json`` beside the weights, reused when
-the weights are unchanged. Budget on the 2-core development CPU: see the README (``Distillation ablation``).
+the weights are unchanged. ``--jobs 2`` trains two rows at once, each in its own process on one core, a row starting
+as soon as the runs it needs are finished (the baselines beside the HD prior -> teacher -> coach chain); each row's
+output goes to ``<out>/<row>.log``. Budget on the 2-core development CPU: docs/training.md.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import argparse
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -155,8 +159,77 @@ def plan(seeds: int) -> list[tuple[str, str, str, dict]]:
     return rows
 
 
+def needs(folder: str, over: dict) -> set[str]:
+    """The run folders whose weights a run starts from or distils (they must be trained first)."""
+    if folder == 'teacher':
+        return {'hd_prior'}
+    if folder == 'coach':
+        return {'teacher'}
+    distill = over.get('distill', {})
+    out = set()
+    if any(distill.get(k) for k in ('msrd_teacher', 'tgpd_teacher')):
+        out.add('teacher')
+    if any(distill.get(k) for k in ('msrd_coach', 'tgpd_coach')):
+        out.add('coach')
+    return out
+
+
+def run_parallel(out: Path, jobs: int, child_args: list[str], seeds: int, only: tuple = (),
+                 poll_s: float = 10.0) -> dict[str, int]:
+    """Train the planned rows ``jobs`` at a time, each in its own process (``--only <folder>``) with
+    ``cpus // jobs`` torch threads, a row starting as soon as the runs it needs are finished (plan order first, so
+    the HD prior -> teacher -> coach chain goes before the students that can wait). Each row's output goes to
+    ``<out>/<folder>.log``. A row that fails is reported and the rows that need it are skipped; the others go on.
+    Returns {folder: exit code} of the rows run now."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    rows = [(folder, over) for _, folder, _, over in plan(seeds) if not only or folder in only]
+    finished = {folder for folder, _ in rows if (d := finished_run(out / folder)) is not None
+                and (folder == 'hd_prior' or 'scores' in d)}
+    # rows trained by an earlier call count as done; a needed row outside ``only`` must be finished already
+    done = finished | {f for _, f, _, _ in plan(seeds) if f not in {r for r, _ in rows}
+                       and finished_run(out / f) is not None}
+    pending = [(f, o) for f, o in rows if f not in finished]
+    running: dict[str, tuple[subprocess.Popen, object]] = {}
+    codes: dict[str, int] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
+    while pending or running:
+        for folder, (proc, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[folder]
+            codes[folder] = proc.returncode
+            if proc.returncode == 0:
+                done.add(folder)
+                print(f'[jobs] {folder} finished', flush=True)
+            else:
+                print(f'[jobs] {folder} FAILED (exit {proc.returncode}): see {out / (folder + ".log")}', flush=True)
+        failed = {f for f, c in codes.items() if c != 0}
+        for f, o in list(pending):
+            missing = needs(f, o) - done
+            if missing & failed or any(m not in done and m not in {p for p, _ in pending} and m not in running
+                                       for m in missing):
+                pending.remove((f, o))
+                codes[f] = -1
+                print(f'[jobs] {f} skipped: it needs {sorted(missing)}, which did not finish', flush=True)
+        while len(running) < jobs:
+            ready = [(f, o) for f, o in pending if needs(f, o) <= done]
+            if not ready:
+                break
+            folder, _ = ready[0]
+            pending.remove(ready[0])
+            log = open(out / f'{folder}.log', 'a', encoding='utf-8')
+            cmd = [sys.executable, '-m', 'benchmarks.bench_distillation', *child_args, '--only', folder, '--child']
+            running[folder] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+            print(f'[jobs] {folder} started ({threads} thread{"s" if threads > 1 else ""})', flush=True)
+        if running:
+            time.sleep(poll_s)
+    return codes
+
+
 def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int = TRAIN_FRAMES,
-        mini_frames: int = 0, only: tuple = ()) -> dict:
+        mini_frames: int = 0, only: tuple = (), write: bool = True) -> dict:
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     t_start = time.perf_counter()
     runs: dict[str, dict] = {}
@@ -181,10 +254,13 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
         folders[name] = folder
         if stage != 'hd_prior':  # the MAE reconstructs maps from masked maps: no camera model to score
             runs[name]['scores'] = evaluate_run(runs[name], val_frames, workers, mini_frames)
-        partial = summarize(runs, seeds, train_frames)
-        partial.update({'complete': False, 'seconds_so_far': time.perf_counter() - t_start})
-        write_result('distillation', partial)
+        if write:
+            partial = summarize(runs, seeds, train_frames)
+            partial.update({'complete': False, 'seconds_so_far': time.perf_counter() - t_start})
+            write_result('distillation', partial)
     payload = summarize(runs, seeds, train_frames)
+    if not write:  # a row of a parallel call: its parent writes the summary
+        return payload
     # complete: every planned row trained and evaluated (also by earlier calls), not just the ones of this call
     payload['complete'] = all(name in runs and (name == 'HD prior (MAE)' or 'scores' in runs[name])
                               for name, *_ in plan(seeds))
@@ -324,9 +400,33 @@ def main(argv=None):
     p.add_argument('--mini-frames', type=int, default=0, help='mini_val frames to evaluate (0 = all 81)')
     p.add_argument('--only', default='', help='comma-separated run folders to train / evaluate now (e.g. '
                    'student_baseline_s0,student_baseline_s1; default: all, in order); the summary covers them only')
+    p.add_argument('--jobs', type=int, default=1,
+                   help='rows trained at once, each in its own process with cpus / jobs torch threads, as soon as '
+                   'the runs they need are finished (2 on a 2-core machine: the teacher chain beside the baselines)')
+    p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)  # one row of a --jobs call
     args = p.parse_args(argv)
-    run(Path(args.out), args.seeds, args.val_frames, args.workers, args.train_frames, args.mini_frames,
-        tuple(f for f in args.only.split(',') if f))
+    only = tuple(f for f in args.only.split(',') if f)
+    unknown = set(only) - {folder for _, folder, _, _ in plan(args.seeds)}
+    if unknown:
+        p.error(f'--only: unknown run folders {sorted(unknown)}; planned: '
+                f'{", ".join(folder for _, folder, _, _ in plan(args.seeds))}')
+    if args.jobs < 1:
+        p.error(f'--jobs must be >= 1, got {args.jobs}')
+    if args.jobs > 1 and not args.child:
+        child_args = ['--out', args.out, '--seeds', str(args.seeds), '--val-frames', str(args.val_frames),
+                      '--workers', str(args.workers), '--train-frames', str(args.train_frames),
+                      '--mini-frames', str(args.mini_frames)]
+        codes = run_parallel(Path(args.out), args.jobs, child_args, args.seeds, only)
+        # the summary over every finished row (none is trained again: each is read back from its folder)
+        run(Path(args.out), args.seeds, args.val_frames, args.workers, args.train_frames, args.mini_frames,
+            only=('-',))
+        bad = sorted(f for f, c in codes.items() if c != 0)
+        if bad:
+            print(f'not finished: {", ".join(bad)} (logs under {args.out})')
+            sys.exit(1)
+        return
+    run(Path(args.out), args.seeds, args.val_frames, args.workers, args.train_frames, args.mini_frames, only,
+        write=not args.child)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,64 @@
+"""The ablation's scheduler (``bench_distillation --jobs``): rows start when what they need is trained, with
+cpus / jobs threads each, and a failed row stops only the rows that need it. The training itself is faked here (the
+real rows take hours); the rows' processes are stand-ins that record their start and exit with a chosen code."""
+from __future__ import annotations
+
+import benchmarks.bench_distillation as bd
+
+
+class FakeProc:
+    """A finished-at-once stand-in for a row's process: exit code from ``codes``, start recorded in ``log``."""
+
+    def __init__(self, cmd, stdout=None, stderr=None, env=None, *, codes, log):
+        self.folder = cmd[cmd.index('--only') + 1]
+        assert '--child' in cmd
+        log.append((self.folder, env['OMP_NUM_THREADS']))
+        self.returncode = codes.get(self.folder, 0)
+
+    def poll(self):
+        return self.returncode
+
+
+def _run(monkeypatch, tmp_path, codes=None, jobs=2, cpus=2, only=()):
+    started: list[tuple[str, str]] = []
+    monkeypatch.setattr(bd.subprocess, 'Popen', lambda cmd, **kw: FakeProc(cmd, **kw, codes=codes or {}, log=started))
+    monkeypatch.setattr(bd.os, 'cpu_count', lambda: cpus)
+    result = bd.run_parallel(tmp_path / 'out', jobs, ['--out', str(tmp_path / 'out')], seeds=2, only=only,
+                             poll_s=0.0)
+    return started, result
+
+
+def test_needs_follow_the_distillation_weights():
+    rows = {folder: over for _, folder, _, over in bd.plan(3)}
+    assert bd.needs('teacher', rows['teacher']) == {'hd_prior'}
+    assert bd.needs('coach', rows['coach']) == {'teacher'}
+    assert bd.needs('student_baseline_s1', rows['student_baseline_s1']) == set()
+    assert bd.needs('student_mapkd_s0', rows['student_mapkd_s0']) == {'teacher', 'coach'}
+    assert bd.needs('student_msrd_only__t', rows['student_msrd_only__t']) == {'teacher'}
+
+
+def test_rows_start_after_what_they_need_with_cpus_over_jobs_threads(monkeypatch, tmp_path):
+    started, codes = _run(monkeypatch, tmp_path, cpus=4)
+    order = [f for f, _ in started]
+    assert set(order) == {folder for _, folder, _, _ in bd.plan(2)} and all(c == 0 for c in codes.values())
+    assert {t for _, t in started} == {'2'}  # 4 cpus / 2 jobs
+    for _, folder, _, over in bd.plan(2):
+        for need in bd.needs(folder, over):
+            assert order.index(need) < order.index(folder), (need, folder)
+    # the chain first, the baselines beside it
+    assert order[:2] == ['hd_prior', 'student_baseline_s0']
+
+
+def test_a_failed_row_skips_only_the_rows_that_need_it(monkeypatch, tmp_path):
+    started, codes = _run(monkeypatch, tmp_path, codes={'coach': 3})
+    order = [f for f, _ in started]
+    assert codes['coach'] == 3
+    assert 'student_mapkd_s0' not in order and codes['student_mapkd_s0'] == -1  # needs the coach
+    assert 'student_msrd_only__t' in order and codes['student_msrd_only__t'] == 0  # needs the teacher only
+    assert 'student_baseline_s1' in order
+
+
+def test_only_runs_the_named_rows_and_skips_those_whose_inputs_are_missing(monkeypatch, tmp_path):
+    started, codes = _run(monkeypatch, tmp_path, only=('student_baseline_s0', 'student_msrd_only__t'))
+    assert [f for f, _ in started] == ['student_baseline_s0']
+    assert codes['student_msrd_only__t'] == -1  # no trained teacher under --out
