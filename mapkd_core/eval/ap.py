@@ -170,6 +170,10 @@ class APMeter:
                 self.sum[c] += ap
                 self.count[c] += 1
 
+    def merge(self, other: 'APMeter') -> None:
+        self.sum += other.sum
+        self.count += other.count
+
     def compute(self) -> dict:
         per_class = {}
         rows = []

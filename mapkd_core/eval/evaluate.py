@@ -62,9 +62,8 @@ def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='c
     if limit:
         ds.frames = spread(ds.frames, limit)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
-    iou = IoUMeter()
-    ap = APMeter(cfg.grid, ap_cfg)
-    # the same meters per scene: a split's pooled score hides a scene the model cannot read (report['scenes'])
+    # one IoU and one AP meter per scene (a split's pooled score hides a scene the model cannot read); the pooled
+    # scores are their merge
     scene_iou: dict[str, IoUMeter] = {}
     scene_ap: dict[str, APMeter] = {}
     t_model, t_vec, n = 0.0, 0.0, 0
@@ -83,7 +82,6 @@ def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='c
         if str(device) != 'cpu' and torch.cuda.is_available():
             torch.cuda.synchronize()
         t_model += time.perf_counter() - t0
-        iou.update(out.semantic.float(), batch['semantic'])
         for i, token in enumerate(batch['token']):
             scene = frames[token].scene_name
             scene_iou.setdefault(scene, IoUMeter()).update(out.semantic[i:i + 1].float(), batch['semantic'][i:i + 1])
@@ -99,11 +97,16 @@ def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='c
             t_vec += time.perf_counter() - t0
             frame = frames[token]
             gt = ds._map_gt.vectors(frame.city, frame.ego_to_global)
-            ap.update(pred, gt)
             scene_ap.setdefault(frame.scene_name, APMeter(cfg.grid, ap_cfg)).update(pred, gt)
             if out_dir and (token in picked or (len(drawn) < pictures and not picked)):
                 drawn.append(_picture(out_dir, token, batch['semantic'][i].cpu().numpy(), sem[i], pred, gt, cfg.grid))
     model.train(was_training)
+    iou = IoUMeter()
+    ap = APMeter(cfg.grid, ap_cfg)
+    for scene in scene_iou:
+        iou.merge(scene_iou[scene])
+        if scene in scene_ap:
+            ap.merge(scene_ap[scene])
     report = {'split': split or getattr(ds, 'split', None) or cfg.dataset.split, 'samples': n, 'classes': list(CLASS_NAMES), **iou.compute()}
     if vectors:
         report.update(ap.compute())
