@@ -445,3 +445,26 @@ def test_tgpd_kl_mean_divides_the_attention_kl_by_its_rows():
     assert (kl + mse).item() == pytest.approx(both.term(student, teacher).item(), rel=1e-6)
     with pytest.raises(ConfigError, match='kl_reduction'):
         TgpdLoss(channels=8, kl_reduction='rows')
+
+
+def test_msrd_pull_reports_where_msrd_moves_the_student():
+    """bench_loss_balance's MSRD probe: at the GT pixels of a class, the student's and teacher's probabilities, argmax
+    hits and the sign of MSRD's gradient on the class logit (positive: MSRD lowers the student's own class)."""
+    from benchmarks.bench_loss_balance import merge_pulls, msrd_pull
+    gt = torch.zeros(1, 4, 2, 3)
+    gt[0, 0] = 1
+    gt[0, :, 0, :2] = torch.tensor([0.0, 1.0, 0.0, 0.0])[:, None]  # two divider pixels, the rest background
+    student = torch.zeros(1, 4, 2, 3)
+    teacher = torch.zeros(1, 4, 2, 3)
+    student[0, 1, 0, :2] = torch.logit(torch.tensor(0.9))  # the student is sure of the dividers
+    teacher[0, 1, 0, :2] = torch.logit(torch.tensor(0.6))
+    teacher[0, 0, 0, 0] = torch.logit(torch.tensor(0.8))  # the teacher calls one of them background
+    pull = msrd_pull(student, teacher, gt)
+    assert pull['ped_crossing']['pixels'] == 0 and pull['divider']['pixels'] == 2
+    merged = merge_pulls([pull, pull])['divider']
+    assert merged['pixels'] == 4
+    assert merged['student_p'] == pytest.approx(0.9) and merged['teacher_p'] == pytest.approx(0.6)
+    assert merged['student_hit'] == 1.0 and merged['teacher_hit'] == 0.5
+    assert merged['teacher_p_background'] == pytest.approx((0.8 + 0.5) / 2)
+    assert merged['msrd_grad'] == pytest.approx(0.3)  # MSRD pulls the student's divider logit down
+    assert merge_pulls([pull])['ped_crossing']['student_p'] is None
