@@ -221,6 +221,21 @@ def test_msrd_correct_mask_keeps_only_pixels_the_target_gets_right():
         MsrdLoss(mask='teacher')
 
 
+def test_msrd_all_mask_distils_every_pixel_background_included():
+    """``mask='all'``: the BCE over every pixel and channel, so background pixels pull the student too (towards the
+    target's low foreground probabilities), unlike the method's foreground mask."""
+    gt = torch.zeros(1, 4, 1, 4, dtype=torch.uint8)
+    gt[0, 1, 0, 0] = gt[0, 0, 0, 1:] = 1
+    teacher = torch.randn(1, 4, 1, 4)
+    student = torch.randn(1, 4, 1, 4, requires_grad=True)
+    loss = msrd_loss(student, teacher, gt, mask='all')
+    loss.backward()
+    assert bool((student.grad[0, :, 0, 1:].abs().sum(0) > 0).all())  # background pixels are distilled
+    expected = F.binary_cross_entropy_with_logits(student.detach(), torch.sigmoid(teacher))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert msrd_loss(student, teacher, gt).item() != pytest.approx(loss.item())
+
+
 # ------------------------------------------------------------------------------------------------------------- TGPD
 def _tiny_tgpd(**kw):
     """channels=1, patch=1, dim=1; identity projections: patch x -> x, token mean -> mean."""

@@ -230,8 +230,10 @@ class TaskLoss(nn.Module):
 
 #: MSRD's pixel masks: ``foreground`` (the method: every GT foreground pixel) or ``correct`` (not in the method: the
 #: foreground pixels where the target's argmax class is one of the pixel's GT classes, so that a target never pulls the
-#: student towards a class it gets wrong there)
-MSRD_MASKS = ('foreground', 'correct')
+#: student towards a class it gets wrong there) or ``all`` (not in the method: every pixel, background included, i.e.
+#: plain response distillation; the foreground mask only ever pulls the student's foreground probabilities down towards
+#: the target's, never up at background pixels, see benchmarks/bench_loss_balance.py)
+MSRD_MASKS = ('foreground', 'correct', 'all')
 
 
 def msrd_loss(student_logits: Tensor, target_logits: Tensor, gt_semantic: Tensor, mask: str = 'foreground') -> Tensor:
@@ -239,7 +241,8 @@ def msrd_loss(student_logits: Tensor, target_logits: Tensor, gt_semantic: Tensor
 
     ``student_logits`` and ``target_logits`` are (B, C, H, W) semantic logits (C = 4), ``gt_semantic`` the
     (B, C, H, W) GT one-hot (channel 0 = background). Foreground = pixels whose GT background channel is 0 (with
-    ``mask='correct'``, only those where the target's argmax is a GT class of the pixel). The M masked pixels give an
+    ``mask='correct'``, only those where the target's argmax is a GT class of the pixel; with ``mask='all'``, every
+    pixel). The M masked pixels give an
     (M, C) matrix of the student's raw logits (all channels, background included); the target
     ``sigmoid(target_logits)`` is detached. Returns the BCE averaged over M*C elements, or 0 (connected to the
     student's graph) when M == 0.
@@ -252,7 +255,7 @@ def msrd_loss(student_logits: Tensor, target_logits: Tensor, gt_semantic: Tensor
     if mask not in MSRD_MASKS:
         raise ConfigError(f'MSRD: mask must be one of {", ".join(MSRD_MASKS)}, got {mask!r}')
     gt = gt_semantic.to(student_logits.device)
-    foreground = gt[:, 0] == 0  # (B, H, W)
+    foreground = gt[:, 0] == 0 if mask != 'all' else torch.ones_like(gt[:, 0], dtype=torch.bool)  # (B, H, W)
     if mask == 'correct':
         predicted = target_logits.detach().to(student_logits.device).argmax(1, keepdim=True)
         foreground &= gt.gather(1, predicted)[:, 0] > 0

@@ -62,8 +62,8 @@ class DistillConfig:
     #: 'sum' (the method: the attention KL summed over its 1 + N rows, / B) or 'mean' (also / (1 + N)); with the
     #: method's sum the KL's gradient was about 200x the task loss's on the CPU recipes (docs/training.md)
     tgpd_kl_reduction: str = 'sum'
-    #: MSRD's pixels: 'foreground' (the method: every GT foreground pixel) or 'correct' (only those where the target's
-    #: argmax is right; not in the method)
+    #: MSRD's pixels: 'foreground' (the method: every GT foreground pixel), 'correct' (only those where the target's
+    #: argmax is right) or 'all' (every pixel); the last two are not in the method
     msrd_mask: str = 'foreground'
 
     @property
