@@ -44,8 +44,9 @@ EPOCHS = {'hd_prior': 6, 'teacher': 2, 'coach': 1, 'student': 2}
 #: the epoch after which the learning rate drops 10x (default: never within the run, i.e. the stage's epochs)
 LR_STEP = {'hd_prior': 5}
 
-#: the distillation terms of each student row: MapKD's train_s.py weights with TGPD bounded (standardised features, the
-#: attention KL averaged over its rows), as config/train/student_edge_cpu.yaml; the coach recipe bounds TGPD the same way
+#: the distillation terms of each student row: MapKD's train_s.py weights with TGPD bounded (standardised features,
+#: the attention KL averaged over its rows), as config/train/student_edge_cpu.yaml; the coach recipe bounds TGPD the
+#: same way
 METHOD_TGPD = {'msrd_teacher': 0.75, 'msrd_coach': 0.001, 'tgpd_teacher': 0.5, 'tgpd_coach': 0.01}
 MAPKD = {**METHOD_TGPD, 'tgpd_normalize': True, 'tgpd_kl_reduction': 'mean'}
 #: the single-loss rows: the other loss's weights set to zero (overrides merge into the recipe's ``distill``)
@@ -66,6 +67,16 @@ ATTEMPTS = {
     'MSRD only (T)': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0},
     'TGPD only (T)': {**MAPKD, 'msrd_teacher': 0.0, 'msrd_coach': 0.0, 'tgpd_coach': 0.0},
 }
+#: attempts trained with every seed, paired with the baseline seeds like MapKD (seed 0 is the attempt's own row):
+#: round 4's MSRD only (T) was the one distillation row above its baseline (docs/training.md)
+SEEDED_ATTEMPTS = ('MSRD only (T)',)
+#: the seeded groups of the summary: mean +- std over seeds, and each one's ratio to the baseline
+GROUPS = ('baseline', 'MapKD', *SEEDED_ATTEMPTS)
+
+
+def seeded_name(group: str, seed: int) -> str:
+    """The row name of a seeded group's seed (a seeded attempt's seed 0 is the attempt's own row)."""
+    return group if group in SEEDED_ATTEMPTS and seed == 0 else f'{group} seed {seed}'
 
 
 def slug(name: str) -> str:
@@ -156,6 +167,10 @@ def plan(seeds: int) -> list[tuple[str, str, str, dict]]:
     for name, distill in {**SINGLE, **ATTEMPTS}.items():
         rows.append((name, f'student_{slug(name)}', 'config/train/student_edge_cpu.yaml',
                      {'seed': 0, 'distill': dict(distill)}))
+    for name in SEEDED_ATTEMPTS:
+        for s in range(1, seeds):
+            rows.append((seeded_name(name, s), f'student_{slug(name)}_s{s}', 'config/train/student_edge_cpu.yaml',
+                         {'seed': s, 'distill': dict(ATTEMPTS[name])}))
     return rows
 
 
@@ -284,27 +299,31 @@ def summarize(runs: dict, seeds: int, train_frames: int) -> dict:
     from mapkd_core.constants import CLASS_NAMES
     groups: dict[str, dict] = {}
     for split in ('geo_val', 'mini_val'):
-        for group in ('baseline', 'MapKD'):
-            members = [runs[f'{group} seed {s}']['scores'][split] for s in range(seeds)
-                       if 'scores' in runs.get(f'{group} seed {s}', {})]
+        g = groups.setdefault(split, {})
+        for group in GROUPS:
+            members = [runs[seeded_name(group, s)]['scores'][split] for s in range(seeds)
+                       if 'scores' in runs.get(seeded_name(group, s), {})]
             if not members:
                 continue
-            row = {'miou': _mean_std([m['miou'] for m in members]), 'map': _mean_std([m['map'] for m in members]),
-                   'iou': {c: _mean_std([m['iou'][c] for m in members]) for c in CLASS_NAMES[1:]}}
-            groups.setdefault(split, {})[group] = row
-        pairs = []
-        for s in range(seeds):
-            b, k = runs.get(f'baseline seed {s}', {}), runs.get(f'MapKD seed {s}', {})
-            if 'scores' in b and 'scores' in k:
-                pairs.append({'seed': s, 'baseline_miou': b['scores'][split]['miou'],
-                              'mapkd_miou': k['scores'][split]['miou'], 'baseline_map': b['scores'][split]['map'],
-                              'mapkd_map': k['scores'][split]['map'],
-                              'mapkd_above_baseline_miou': k['scores'][split]['miou'] > b['scores'][split]['miou']})
-        groups.setdefault(split, {})['pairs'] = pairs
-        g = groups[split]
-        if 'baseline' in g and 'MapKD' in g and g['baseline']['miou']['mean'] > 0 and g['baseline']['map']['mean'] > 0:
-            g['ratio_miou'] = g['MapKD']['miou']['mean'] / g['baseline']['miou']['mean']
-            g['ratio_map'] = g['MapKD']['map']['mean'] / g['baseline']['map']['mean']
+            g[group] = {'miou': _mean_std([m['miou'] for m in members]), 'map': _mean_std([m['map'] for m in members]),
+                        'iou': {c: _mean_std([m['iou'][c] for m in members]) for c in CLASS_NAMES[1:]}}
+        # each distilled group against the baseline: the per-seed pairs and the ratio of the means
+        g['versus_baseline'] = {}
+        for group in GROUPS[1:]:
+            pairs = []
+            for s in range(seeds):
+                b, k = runs.get(seeded_name('baseline', s), {}), runs.get(seeded_name(group, s), {})
+                if 'scores' in b and 'scores' in k:
+                    bs, ks = b['scores'][split], k['scores'][split]
+                    pairs.append({'seed': s, 'baseline_miou': bs['miou'], 'miou': ks['miou'],
+                                  'baseline_map': bs['map'], 'map': ks['map'],
+                                  'above_baseline_miou': ks['miou'] > bs['miou']})
+            vs = {'pairs': pairs}
+            base = g.get('baseline')
+            if base and group in g and base['miou']['mean'] > 0 and base['map']['mean'] > 0:
+                vs['ratio_miou'] = g[group]['miou']['mean'] / base['miou']['mean']
+                vs['ratio_map'] = g[group]['map']['mean'] / base['map']['mean']
+            g['versus_baseline'][group] = vs
     return {'data': 'synthetic drives: geo_train -> geo_val and the real-track mini_val; CPU-size models '
                     '(128x352 images, 0.3 m grid, ImageNet Lite0)',
             'train_frames': train_frames, 'epochs': EPOCHS, 'seeds': seeds, 'runs': runs, 'summary': groups}
@@ -328,7 +347,7 @@ def table(payload: dict) -> str:
             if 'scores' in r:
                 out.append(_row(name, r['scores'][split]))
         g = payload['summary'].get(split, {})
-        for group in ('baseline', 'MapKD'):
+        for group in GROUPS:
             if group in g:
                 row = g[group]
 
@@ -337,11 +356,12 @@ def table(payload: dict) -> str:
                 out.append(f'| **{group}, mean +- std of {row["miou"]["n"]} seeds** | {ms(row["iou"]["divider"])} | '
                            f'{ms(row["iou"]["ped_crossing"])} | {ms(row["iou"]["boundary"])} | {ms(row["miou"])} | '
                            f'{ms(row["map"])} |')
-        if 'ratio_miou' in g:
-            above = sum(p['mapkd_above_baseline_miou'] for p in g['pairs'])
-            out.append('')
-            out.append(f'MapKD / baseline: mIoU x{g["ratio_miou"]:.2f}, mAP x{g["ratio_map"]:.2f}; MapKD above its '
-                       f'paired baseline seed in {above} of {len(g["pairs"])} seeds')
+        for group, vs in g.get('versus_baseline', {}).items():
+            if 'ratio_miou' in vs:
+                above = sum(p['above_baseline_miou'] for p in vs['pairs'])
+                out.append('')
+                out.append(f'{group} / baseline: mIoU x{vs["ratio_miou"]:.2f}, mAP x{vs["ratio_map"]:.2f}; above its '
+                           f'paired baseline seed in {above} of {len(vs["pairs"])} seeds')
         out.append('')
     return '\n'.join(out)
 
@@ -358,14 +378,14 @@ def chart(payload: dict, path: Path) -> Path:
         names, miou, miou_err, mAP, map_err = [], [], [], [], []
         g = payload['summary'].get(split, {})
         for name, r in runs.items():
-            if 'scores' not in r or ' seed ' in name:
+            if 'scores' not in r or ' seed ' in name or name in SEEDED_ATTEMPTS:
                 continue
             names.append(name)
             miou.append(100 * r['scores'][split]['miou'])
             mAP.append(100 * (r['scores'][split]['map'] or 0))
             miou_err.append(0)
             map_err.append(0)
-        for group in ('baseline', 'MapKD'):
+        for group in GROUPS:
             if group in g:
                 names.append(f'{group} ({g[group]["miou"]["n"]} seeds)')
                 miou.append(100 * g[group]['miou']['mean'])

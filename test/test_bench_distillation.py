@@ -62,3 +62,36 @@ def test_only_runs_the_named_rows_and_skips_those_whose_inputs_are_missing(monke
     started, codes = _run(monkeypatch, tmp_path, only=('student_baseline_s0', 'student_msrd_only__t'))
     assert [f for f, _ in started] == ['student_baseline_s0']
     assert codes['student_msrd_only__t'] == -1  # no trained teacher under --out
+
+
+def _scores(miou: float, map_: float) -> dict:
+    split = {'miou': miou, 'map': map_, 'iou': {'background': 0.8, 'divider': miou, 'ped_crossing': miou,
+                                                'boundary': miou}}
+    return {'scores': {'geo_val': split, 'mini_val': split}}
+
+
+def test_seeded_attempts_are_planned_for_every_seed_and_summarised_against_the_baseline(tmp_path):
+    """A seeded attempt (MSRD only (T)) gets seeds 1..n-1 beside its seed-0 row, and the summary pairs it with the
+    baseline seeds like MapKD: mean +- std, ratio of the means, seeds above their paired baseline."""
+    name = bd.SEEDED_ATTEMPTS[0]
+    rows = {row: (folder, over) for row, folder, _, over in bd.plan(3)}
+    assert rows[name][1]['seed'] == 0
+    for s in (1, 2):
+        folder, over = rows[bd.seeded_name(name, s)]
+        assert folder == f'student_{bd.slug(name)}_s{s}' and over['seed'] == s
+        assert over['distill'] == bd.ATTEMPTS[name] and bd.needs(folder, over) == {'teacher'}
+    runs = {'baseline seed 0': _scores(0.40, 0.42), 'baseline seed 1': _scores(0.38, 0.40),
+            'baseline seed 2': _scores(0.42, 0.44), name: _scores(0.44, 0.46),
+            f'{name} seed 1': _scores(0.37, 0.39), f'{name} seed 2': _scores(0.45, 0.47),
+            'MapKD seed 0': _scores(0.30, 0.30)}
+    payload = bd.summarize(runs, seeds=3, train_frames=1200)
+    g = payload['summary']['geo_val']
+    assert g[name]['miou']['n'] == 3 and abs(g[name]['miou']['mean'] - 0.42) < 1e-9
+    vs = g['versus_baseline'][name]
+    assert abs(vs['ratio_miou'] - 0.42 / 0.40) < 1e-9
+    assert [p['above_baseline_miou'] for p in vs['pairs']] == [True, False, True]
+    assert [p['seed'] for p in g['versus_baseline']['MapKD']['pairs']] == [0]
+    text = bd.table(payload)
+    assert f'{name} / baseline: mIoU x1.05' in text and 'above its paired baseline seed in 2 of 3 seeds' in text
+    png = bd.chart(payload, tmp_path / 'chart.png')
+    assert png.is_file() and png.stat().st_size > 1000
