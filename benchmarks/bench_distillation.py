@@ -66,6 +66,11 @@ ATTEMPTS = {
     # need only the teacher, so they run before the coach is trained and tell which term moves the student
     'MSRD only (T)': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0},
     'TGPD only (T)': {**MAPKD, 'msrd_teacher': 0.0, 'msrd_coach': 0.0, 'tgpd_coach': 0.0},
+    # round 4: MSRD only (T) beat its baseline (44.0 against 40.7), TGPD only (T) lost 11 points; two ways to get
+    # more from MSRD: twice its weight, and every pixel distilled (background included; not in the method)
+    'MSRD only (T) x2': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0, 'msrd_teacher': 1.5},
+    'MSRD only (T), every pixel': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0,
+                                   'msrd_mask': 'all'},
 }
 #: attempts trained with every seed, paired with the baseline seeds like MapKD (seed 0 is the attempt's own row):
 #: round 4's MSRD only (T) was the one distillation row above its baseline (docs/training.md)
