@@ -10,6 +10,14 @@ models; "cached" reads the caches filled by the warm-up. The caches live in a te
 $MAPKD_CACHE. The machine's load average is recorded: other processes on the machine slow every number down.
 
     python -m benchmarks.bench_training [--batch 2] [--steps 3] [--repeats 3] [--threads 1] [--workers 1]
+
+``--modules`` instead times where one training step of a stage's model goes (``training_modules.json``): on one
+batch of the recipe's data, with its ``freeze`` applied, the forward and the backward pass, and the forward time of
+each submodule down to ``--depth`` levels and of the frozen part (the largest submodules whose parameters are all
+frozen: it gets no backward, and with no augmentation its output is the same every epoch). Medians of ``--repeats``
+steps after one warm-up step.
+
+    python -m benchmarks.bench_training --modules [--stages teacher_cpu,student_edge_cpu_baseline] [--depth 2]
 """
 from __future__ import annotations
 
@@ -142,6 +150,97 @@ def run(stages, batch: int, steps: int, repeats: int, data: str | None, split: s
     return payload
 
 
+def frozen_roots(model) -> list[str]:
+    """Names of the largest submodules whose parameters are all frozen (requires_grad False) and that have some."""
+    def frozen(m):
+        params = list(m.parameters())
+        return bool(params) and not any(p.requires_grad for p in params)
+    return [name for name, m in model.named_modules() if name and frozen(m)
+            and not frozen(model.get_submodule(name.rpartition('.')[0]) if '.' in name else model)]
+
+
+def module_times(stage: str, data: str, split: str, frozen: dict, batch: int, repeats: int, root: str, out: Path,
+                 depth: int = 2) -> dict:
+    """Seconds of one training step of ``stage``'s model on one batch: forward, backward (of the sum of its outputs'
+    means), each submodule's forward to ``depth`` levels and the frozen part's forward (medians)."""
+    import torch
+
+    from mapkd_core.train.trainer import Trainer
+    cfg = recipe(stage, data, split, frozen, batch, 1, root, cache=False, workers=0)
+    trainer = Trainer(cfg, out, progress=False, resume=False)
+    model = trainer.stage.model.train()
+    batch_ = next(iter(trainer._loader(0)))
+    roots = set(frozen_roots(model))
+    named = {n: m for n, m in model.named_modules() if n and (n.count('.') < depth or n in roots)}
+    starts: dict[str, float] = {}
+    spent: dict[str, float] = {}
+
+    def pre(name):
+        return lambda mod, inp: starts.__setitem__(name, time.perf_counter())
+
+    def post(name):
+        return lambda mod, inp, outp: spent.__setitem__(name, spent.get(name, 0.0) + time.perf_counter() - starts[name])
+    hooks = [h for n, m in named.items()
+             for h in (m.register_forward_pre_hook(pre(n)), m.register_forward_hook(post(n)))]
+    rows = []
+    try:
+        for r in range(repeats + 1):
+            spent.clear()
+            t0 = time.perf_counter()
+            out_ = model.forward_batch(batch_)
+            t1 = time.perf_counter()
+            total = sum(t.float().mean() for t in out_.heads()) + sum(
+                v.float().mean() for v in out_.features.values() if torch.is_tensor(v) and v.requires_grad)
+            total.backward()
+            t2 = time.perf_counter()
+            model.zero_grad(set_to_none=True)
+            if r:
+                rows.append({'forward': t1 - t0, 'backward': t2 - t1, 'modules': dict(spent)})
+    finally:
+        for h in hooks:
+            h.remove()
+    med = statistics.median
+    modules = {n: med(r['modules'].get(n, 0.0) for r in rows) for n in named}
+    return {'batch_size': batch, 'forward_s': med(r['forward'] for r in rows),
+            'backward_s': med(r['backward'] for r in rows), 'frozen_modules': sorted(roots),
+            'frozen_forward_s': sum(modules[n] for n in roots),
+            'modules_forward_s': dict(sorted(modules.items(), key=lambda kv: -kv[1]))}
+
+
+def run_modules(stages, batch: int, repeats: int, data: str | None, split: str | None, depth: int,
+                threads: int = 1) -> dict:
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    import torch
+    if data is None:
+        data, split = default_data()
+    work = Path(tempfile.mkdtemp(prefix='mapkd-bench-modules-'))
+    default_threads = torch.get_num_threads()
+    try:
+        from mapkd_core.config import load_yaml
+        from mapkd_core.data.dataroot import resolve_data_path
+        from mapkd_core.train.recipes import untrained_frozen
+        from mapkd_core.train.stages import resolve_config_path
+        frozen = untrained_frozen(work)
+        root = str(resolve_data_path(load_yaml(resolve_config_path(data))['dataset']['dataroot']))
+        torch.set_num_threads(threads)
+        results = {st: module_times(st, data, split, frozen, batch, repeats, root, work / st, depth) for st in stages}
+    finally:
+        torch.set_num_threads(default_threads)
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+    payload = {'data': data, 'split': split, 'batch_size': batch, 'repeats': repeats, 'torch_threads': threads,
+               'load_average_1_5_15': list(os.getloadavg()), 'stages': results}
+    path = write_result('training_modules', payload)
+    for st, r in results.items():
+        step = r['forward_s'] + r['backward_s']
+        print(f'{st}: forward {r["forward_s"]:.2f} s, backward {r["backward_s"]:.2f} s; frozen part '
+              f'{r["frozen_forward_s"]:.2f} s ({100 * r["frozen_forward_s"] / step:.0f} % of the step)')
+        for n, t in list(r['modules_forward_s'].items())[:8]:
+            print(f'  {n:<40} {t:6.3f} s forward')
+    print(f'-> {path}')
+    return payload
+
+
 def budget(results: dict) -> dict:
     """Minutes of the shipped CPU recipes' schedules (epochs x train_limit samples) at the cached speed; the first
     epoch of a run fills the caches at the uncached speed unless an earlier run (another seed) did."""
@@ -187,7 +286,15 @@ def main(argv=None):
     p.add_argument('--no-threads', action='store_true', help='skip the torch threads / workers comparison')
     p.add_argument('--plan', action='store_true', help='only recompute the budget of the shipped recipes from the '
                                                        'last results (benchmarks/results/training.json)')
+    p.add_argument('--modules', action='store_true', help='time the forward / backward of each stage\'s model and '
+                   'its submodules on one batch instead (training_modules.json)')
+    p.add_argument('--depth', type=int, default=2, help='--modules: submodule levels to time')
     args = p.parse_args(argv)
+    if args.modules:
+        stages = args.stages.split(',') if args.stages != ','.join(STAGES) else [
+            'teacher_cpu', 'coach_cpu', 'student_edge_cpu_baseline']
+        run_modules(stages, args.batch, args.repeats, args.data, args.split or None, args.depth, args.threads)
+        return
     if args.plan:
         import json
         from benchmarks.harness import RESULTS_DIR
