@@ -71,7 +71,16 @@ ATTEMPTS = {
     'MSRD only (T) x2': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0, 'msrd_teacher': 1.5},
     'MSRD only (T), every pixel': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0,
                                    'msrd_mask': 'all'},
+    # round 5: the frozen encoder layers in eval mode (their batch norm keeps the ImageNet statistics, no
+    # stochastic depth), which lets the trainer cache their output (a quarter of a student step): does it change
+    # the baseline, and the MSRD student?
+    'baseline, frozen layers in eval mode': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0,
+                                             'msrd_teacher': 0.0},
+    'MSRD only (T), frozen layers in eval mode': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0,
+                                                  'msrd_coach': 0.0},
 }
+#: attempts that change the recipe beyond ``distill``: their other overrides
+RECIPE_OVERRIDES = {name: {'freeze_eval': True} for name in ATTEMPTS if name.endswith('frozen layers in eval mode')}
 #: attempts trained with every seed, paired with the baseline seeds like MapKD (seed 0 is the attempt's own row):
 #: round 4's MSRD only (T) was the one distillation row above its baseline (docs/training.md)
 SEEDED_ATTEMPTS = ('MSRD only (T)',)
@@ -171,11 +180,11 @@ def plan(seeds: int) -> list[tuple[str, str, str, dict]]:
                      {'seed': s, 'distill': dict(MAPKD)}))
     for name, distill in {**SINGLE, **ATTEMPTS}.items():
         rows.append((name, f'student_{slug(name)}', 'config/train/student_edge_cpu.yaml',
-                     {'seed': 0, 'distill': dict(distill)}))
+                     {'seed': 0, 'distill': dict(distill), **RECIPE_OVERRIDES.get(name, {})}))
     for name in SEEDED_ATTEMPTS:
         for s in range(1, seeds):
             rows.append((seeded_name(name, s), f'student_{slug(name)}_s{s}', 'config/train/student_edge_cpu.yaml',
-                         {'seed': s, 'distill': dict(ATTEMPTS[name])}))
+                         {'seed': s, 'distill': dict(ATTEMPTS[name]), **RECIPE_OVERRIDES.get(name, {})}))
     return rows
 
 

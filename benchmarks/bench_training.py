@@ -11,6 +11,14 @@ $MAPKD_CACHE. The machine's load average is recorded: other processes on the mac
 
     python -m benchmarks.bench_training [--batch 2] [--steps 3] [--repeats 3] [--threads 1] [--workers 1]
 
+``--set KEY=VALUE`` changes every stage's recipe (e.g. ``--set freeze_eval=true``: the frozen layers in eval mode,
+and the edge student's frozen encoder prefix cached) and ``--tag NAME`` writes ``training_NAME.json``, so that two
+settings can be compared under the same conditions:
+
+    python -m benchmarks.bench_training --stages student_edge_cpu_baseline --no-threads --no-loader --tag recipe
+    python -m benchmarks.bench_training --stages student_edge_cpu_baseline --no-threads --no-loader \
+        --set freeze_eval=true --tag freeze_eval
+
 ``--modules`` instead times where one training step of a stage's model goes (``training_modules.json``): on one
 batch of the recipe's data, with its ``freeze`` applied, the forward and the backward pass, and the forward time of
 each submodule down to ``--depth`` levels and of the frozen part (the largest submodules whose parameters are all
@@ -23,9 +31,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.harness import write_result
@@ -84,67 +94,81 @@ def time_loader(cfg, out: Path, repeats: int) -> dict:
     return {'samples_per_s': 1.0 / statistics.median(runs), 'runs_seconds_per_sample': runs}
 
 
-def run(stages, batch: int, steps: int, repeats: int, data: str | None, split: str | None,
-        threads_check: bool = True, threads: int = 1, workers: int = 1) -> dict:
+@contextmanager
+def workspace(data: str | None, split: str | None, threads: int, prefix: str):
+    """A temporary folder with untrained frozen packages, the resolved dataroot, ``threads`` torch threads and the
+    training caches under the folder (not $MAPKD_CACHE); everything restored and removed afterwards. Yields (folder,
+    frozen packages, dataroot, data config, split)."""
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     import torch
-    default_threads = torch.get_num_threads()
     if data is None:
         data, split = default_data()
-    work = Path(tempfile.mkdtemp(prefix='mapkd-bench-training-'))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    default_threads = torch.get_num_threads()
     saved_cache = os.environ.get('MAPKD_CACHE')
-    results: dict = {}
     try:
+        from mapkd_core.config import load_yaml
+        from mapkd_core.data.dataroot import resolve_data_path
         from mapkd_core.train.recipes import untrained_frozen
+        from mapkd_core.train.stages import resolve_config_path
         frozen = untrained_frozen(work)
         # the synthetic dataroot is found through MAPKD_CACHE: generate or find it first, then point the training
         # caches at the temporary folder (the dataroot's path is resolved once, in the data config)
-        from mapkd_core.config import load_yaml
-        from mapkd_core.data.dataroot import resolve_data_path
-        from mapkd_core.train.stages import resolve_config_path
         root = str(resolve_data_path(load_yaml(resolve_config_path(data))['dataset']['dataroot']))
         os.environ['MAPKD_CACHE'] = str(work / 'cache')
         torch.set_num_threads(threads)
-        for stage in stages:
-            row = {}
-            for cached in (False, True):
-                cfg = recipe(stage, data, split, frozen, batch, steps, root, cache=cached, workers=workers)
-                row['cached' if cached else 'uncached'] = time_stage(cfg, work / stage, repeats)
-                print(f'{stage}: {"cached" if cached else "uncached"} '
-                      f'{row["cached" if cached else "uncached"]["samples_per_s"]:.2f} samples/s', flush=True)
-            row['cache_speedup'] = row['cached']['samples_per_s'] / row['uncached']['samples_per_s']
-            results[stage] = row
-        loader = {}
-        for cached in (False, True):
-            for workers in (0, 1):
-                cfg = recipe('student_edge_cpu', data, split, frozen, batch, steps, root, cache=cached,
-                             workers=workers)
-                key = f'{"cached" if cached else "uncached"}_workers{workers}'
-                loader[key] = time_loader(cfg, work / 'loader', repeats)
-                print(f'loader {key}: {loader[key]["samples_per_s"]:.1f} samples/s', flush=True)
-        threads_rows = {}
-        if threads_check:
-            for n_threads, n_workers in ((1, 0), (2, 0), (1, 1), (2, 1)):
-                torch.set_num_threads(n_threads)
-                cfg = recipe('student_edge_cpu_baseline', data, split, frozen, batch, steps, root, cache=True,
-                             workers=n_workers)
-                key = f'threads{n_threads}_workers{n_workers}'
-                threads_rows[key] = time_stage(cfg, work / 'threads', repeats)
-                print(f'student baseline, cached, {n_threads} torch threads, {n_workers} workers: '
-                      f'{threads_rows[key]["samples_per_s"]:.2f} samples/s', flush=True)
+        yield work, frozen, root, data, split
     finally:
         torch.set_num_threads(default_threads)
         if saved_cache is None:
             os.environ.pop('MAPKD_CACHE', None)
         else:
             os.environ['MAPKD_CACHE'] = saved_cache
-        import shutil
         shutil.rmtree(work, ignore_errors=True)
-    plan = budget(results)
+
+
+def run(stages, batch: int, steps: int, repeats: int, data: str | None, split: str | None,
+        threads_check: bool = True, threads: int = 1, workers: int = 1, loader_check: bool = True,
+        overrides: dict | None = None, tag: str = '') -> dict:
+    """The throughput table (``training.json``; with ``tag``, ``training_<tag>.json``); ``overrides`` are set in
+    every stage's recipe (e.g. ``{'freeze_eval': True}``)."""
+    import torch
+    overrides = dict(overrides or {})
+    results: dict = {}
+    loader, threads_rows = {}, {}
+    with workspace(data, split, threads, 'mapkd-bench-training-') as (work, frozen, root, data, split):
+        for stage in stages:
+            row = {}
+            for cached in (False, True):
+                cfg = recipe(stage, data, split, frozen, batch, steps, root, cache=cached, workers=workers,
+                             **overrides)
+                row['cached' if cached else 'uncached'] = time_stage(cfg, work / stage, repeats)
+                print(f'{stage}: {"cached" if cached else "uncached"} '
+                      f'{row["cached" if cached else "uncached"]["samples_per_s"]:.2f} samples/s', flush=True)
+            row['cache_speedup'] = row['cached']['samples_per_s'] / row['uncached']['samples_per_s']
+            results[stage] = row
+        for cached in ((False, True) if loader_check else ()):
+            for n_workers in (0, 1):
+                cfg = recipe('student_edge_cpu', data, split, frozen, batch, steps, root, cache=cached,
+                             workers=n_workers)
+                key = f'{"cached" if cached else "uncached"}_workers{n_workers}'
+                loader[key] = time_loader(cfg, work / 'loader', repeats)
+                print(f'loader {key}: {loader[key]["samples_per_s"]:.1f} samples/s', flush=True)
+        if threads_check:
+            for n_threads, n_workers in ((1, 0), (2, 0), (1, 1), (2, 1)):
+                torch.set_num_threads(n_threads)
+                cfg = recipe('student_edge_cpu_baseline', data, split, frozen, batch, steps, root, cache=True,
+                             workers=n_workers, **overrides)
+                key = f'threads{n_threads}_workers{n_workers}'
+                threads_rows[key] = time_stage(cfg, work / 'threads', repeats)
+                print(f'student baseline, cached, {n_threads} torch threads, {n_workers} workers: '
+                      f'{threads_rows[key]["samples_per_s"]:.2f} samples/s', flush=True)
+    plan = budget(results, overrides)
     payload = {'data': data, 'split': split, 'batch_size': batch, 'steps_per_run': steps, 'repeats': repeats,
-               'torch_threads': threads, 'workers': workers, 'load_average_1_5_15': list(os.getloadavg()),
-               'stages': results, 'loader': loader, 'threads_and_workers': threads_rows, 'budget': plan}
-    path = write_result('training', payload)
+               'torch_threads': threads, 'workers': workers, 'overrides': overrides,
+               'load_average_1_5_15': list(os.getloadavg()), 'stages': results, 'loader': loader,
+               'threads_and_workers': threads_rows, 'budget': plan}
+    path = write_result(f'training_{tag}' if tag else 'training', payload)
     print(table(results, plan))
     print(f'-> {path}')
     return payload
@@ -209,25 +233,8 @@ def module_times(stage: str, data: str, split: str, frozen: dict, batch: int, re
 
 def run_modules(stages, batch: int, repeats: int, data: str | None, split: str | None, depth: int,
                 threads: int = 1) -> dict:
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    import torch
-    if data is None:
-        data, split = default_data()
-    work = Path(tempfile.mkdtemp(prefix='mapkd-bench-modules-'))
-    default_threads = torch.get_num_threads()
-    try:
-        from mapkd_core.config import load_yaml
-        from mapkd_core.data.dataroot import resolve_data_path
-        from mapkd_core.train.recipes import untrained_frozen
-        from mapkd_core.train.stages import resolve_config_path
-        frozen = untrained_frozen(work)
-        root = str(resolve_data_path(load_yaml(resolve_config_path(data))['dataset']['dataroot']))
-        torch.set_num_threads(threads)
+    with workspace(data, split, threads, 'mapkd-bench-modules-') as (work, frozen, root, data, split):
         results = {st: module_times(st, data, split, frozen, batch, repeats, root, work / st, depth) for st in stages}
-    finally:
-        torch.set_num_threads(default_threads)
-        import shutil
-        shutil.rmtree(work, ignore_errors=True)
     payload = {'data': data, 'split': split, 'batch_size': batch, 'repeats': repeats, 'torch_threads': threads,
                'load_average_1_5_15': list(os.getloadavg()), 'stages': results}
     path = write_result('training_modules', payload)
@@ -241,14 +248,15 @@ def run_modules(stages, batch: int, repeats: int, data: str | None, split: str |
     return payload
 
 
-def budget(results: dict) -> dict:
-    """Minutes of the shipped CPU recipes' schedules (epochs x train_limit samples) at the cached speed; the first
-    epoch of a run fills the caches at the uncached speed unless an earlier run (another seed) did."""
+def budget(results: dict, overrides: dict | None = None) -> dict:
+    """Minutes of the shipped CPU recipes' schedules (epochs x train_limit samples; with ``overrides`` set) at the
+    cached speed; the first epoch of a run fills the caches at the uncached speed unless an earlier run (another
+    seed) did."""
     from mapkd_core.paths import config_dir
     from mapkd_core.train.config import load_train_config
     out, total = {}, 0.0
     for stage, row in results.items():
-        cfg = load_train_config(config_dir() / 'train' / f'{stage}.yaml')
+        cfg = load_train_config(config_dir() / 'train' / f'{stage}.yaml', overrides)
         samples = cfg.epochs * cfg.train_limit
         first = cfg.train_limit / row['uncached']['samples_per_s']
         rest = (samples - cfg.train_limit) / row['cached']['samples_per_s']
@@ -284,6 +292,10 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=1, help='torch threads of the per-stage runs (1: see README)')
     p.add_argument('--workers', type=int, default=1, help='DataLoader workers of the per-stage runs')
     p.add_argument('--no-threads', action='store_true', help='skip the torch threads / workers comparison')
+    p.add_argument('--no-loader', action='store_true', help='skip the data loader timings')
+    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                   help='override a recipe key in every stage (YAML value), e.g. --set freeze_eval=true')
+    p.add_argument('--tag', default='', help='write training_<tag>.json instead of training.json')
     p.add_argument('--plan', action='store_true', help='only recompute the budget of the shipped recipes from the '
                                                        'last results (benchmarks/results/training.json)')
     p.add_argument('--modules', action='store_true', help='time the forward / backward of each stage\'s model and '
@@ -303,8 +315,16 @@ def main(argv=None):
         (RESULTS_DIR / 'training.json').write_text(json.dumps(doc, indent=2) + '\n')
         print(table(doc['stages'], doc['budget']))
         return
+    import yaml
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition('=')
+        if not sep or not key:
+            p.error(f'--set {item!r}: expected KEY=VALUE')
+        overrides[key] = yaml.safe_load(value)
     run(args.stages.split(','), args.batch, args.steps, args.repeats, args.data, args.split or None,
-        threads_check=not args.no_threads, threads=args.threads, workers=args.workers)
+        threads_check=not args.no_threads, threads=args.threads, workers=args.workers,
+        loader_check=not args.no_loader, overrides=overrides, tag=args.tag)
 
 
 if __name__ == '__main__':

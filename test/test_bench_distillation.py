@@ -95,3 +95,16 @@ def test_seeded_attempts_are_planned_for_every_seed_and_summarised_against_the_b
     assert f'{name} / baseline: mIoU x1.05' in text and 'above its paired baseline seed in 2 of 3 seeds' in text
     png = bd.chart(payload, tmp_path / 'chart.png')
     assert png.is_file() and png.stat().st_size > 1000
+
+
+def test_the_eval_mode_attempts_set_freeze_eval_and_only_they_do():
+    """Round 5's attempts train with the frozen layers in eval mode (a recipe key beyond ``distill``): the baseline
+    one distils nothing (needs no teacher), the MSRD one needs the teacher; no other row sets freeze_eval."""
+    rows = {row: (folder, over) for row, folder, _, over in bd.plan(3)}
+    base_folder, base = rows['baseline, frozen layers in eval mode']
+    msrd_folder, msrd = rows['MSRD only (T), frozen layers in eval mode']
+    assert base['freeze_eval'] is True and msrd['freeze_eval'] is True
+    assert bd.needs(base_folder, base) == set() and bd.needs(msrd_folder, msrd) == {'teacher'}
+    assert msrd['distill'] == bd.ATTEMPTS['MSRD only (T)']
+    assert [r for r, (_, o) in rows.items() if o.get('freeze_eval')] == [
+        'baseline, frozen layers in eval mode', 'MSRD only (T), frozen layers in eval mode']

@@ -17,3 +17,12 @@ def test_frozen_roots_are_the_largest_fully_frozen_submodules():
     for p in model.parameters():
         p.requires_grad_(False)
     assert frozen_roots(model) == []  # the whole model frozen: no submodule is a root below it
+
+
+def test_set_needs_key_equals_value(capsys):
+    import pytest
+
+    from benchmarks.bench_training import main
+    with pytest.raises(SystemExit):
+        main(['--set', 'freeze_eval', '--stages', 'student_edge_cpu_baseline'])
+    assert "--set 'freeze_eval': expected KEY=VALUE" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from mapkd_core.data.synth import SynthConfig
+from mapkd_core.errors import ConfigError
 from mapkd_core.data.synth.cache import synthetic_dataroot
 from mapkd_core.models import build_model, save_weights
 from mapkd_core.models.efficientnet_lite import LITE_MEAN
@@ -122,3 +123,68 @@ def test_cached_and_uncached_training_give_the_same_first_batch_loss(tmp_path, s
     assert t3.train_set.cache_dir == data_dir
     assert t3.frozen_caches['teacher'].dir != frozen_dirs['teacher']
     assert t3.frozen_caches['coach'].dir == frozen_dirs['coach']
+
+
+def bn_stats(model, frozen: bool) -> dict:
+    params = {n for n, p in model.named_parameters() if p.requires_grad != frozen}
+    return {n: b.detach().clone() for n, b in model.named_buffers()
+            if n.endswith('running_mean') and n.replace('running_mean', 'weight') in params}
+
+
+@pytest.mark.parametrize('freeze_eval', [False, True])
+def test_freeze_eval_keeps_the_frozen_batch_norm_statistics(freeze_eval, tmp_path, small_data, cpu_frozen):
+    """Without freeze_eval a frozen layer's batch norm still normalises with (and tracks) each batch's statistics;
+    with it the frozen layers run in eval mode and keep the ImageNet statistics, the trainable ones still learn."""
+    name = 'student_edge_cpu_baseline'
+    cfg = load_train_config(write(tmp_path, name, recipe(name, small_data, cpu_frozen, freeze_eval=freeze_eval)))
+    trainer = Trainer(cfg, tmp_path / 'run', progress=False)
+    model = trainer.stage.model
+    frozen, trainable = bn_stats(model, frozen=True), bn_stats(model, frozen=False)
+    assert frozen and trainable
+    trainer.fit()
+    moved = [n for n, v in frozen.items() if not torch.equal(model.get_buffer(n), v)]
+    assert (moved == []) if freeze_eval else (len(moved) == len(frozen))
+    assert all(not torch.equal(model.get_buffer(n), v) for n, v in trainable.items())
+    assert trainer.prefix_cache is None  # cache: false
+
+
+def prefix_losses(cfg_path: Path, out: Path) -> tuple[dict, Trainer]:
+    trainer = Trainer(load_train_config(cfg_path), out, progress=False, resume=False)
+    batch = trainer._to_device(next(iter(trainer._loader(0))))
+    trainer.stage.train_mode()
+    torch.manual_seed(0)  # the trainable blocks' stochastic depth
+    with torch.no_grad():
+        losses = trainer.module(batch, None, None, trainer.model_input(batch, None))
+    return {k: float(v) for k, v in losses.items()}, trainer
+
+
+def test_the_cached_frozen_encoder_prefix_gives_the_same_first_batch_loss(tmp_path, small_data, cpu_frozen,
+                                                                          monkeypatch):
+    """With freeze_eval and cache, the edge student's frozen stem and blocks 0-4 run once per sample (cached): the
+    first batch's losses in train mode equal the uncached ones, and another frozen part gets another folder."""
+    monkeypatch.setenv('MAPKD_CACHE', str(tmp_path / 'cache'))
+    name = 'student_edge_cpu_baseline'
+    base = recipe(name, small_data, cpu_frozen, freeze_eval=True, train_limit=2, batch_size=2)
+    plain, t0 = prefix_losses(write(tmp_path, 'plain', base), tmp_path / 'a')
+    assert t0.prefix_cache is None
+    filling, t1 = prefix_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'b')
+    assert t1.prefix_cache.blocks == 5 and len(list(t1.prefix_cache.dir.glob('*.pt'))) == 2
+    cached, t2 = prefix_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'c')
+    assert t2.prefix_cache.dir == t1.prefix_cache.dir
+    for k, v in plain.items():
+        assert filling[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+        assert cached[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    # the entries are what the model reads: zeroed, they change the loss
+    for path in t1.prefix_cache.dir.glob('*.pt'):
+        torch.save(torch.zeros_like(torch.load(path, weights_only=True)), path)
+    zeroed, _ = prefix_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'z')
+    assert zeroed['seg'] != pytest.approx(plain['seg'], rel=1e-3)
+    # fewer frozen blocks: a shorter prefix under another key; without freeze_eval nothing is cached
+    fewer = {**base, 'cache': True, 'freeze': base['freeze'][:-1]}
+    t3 = Trainer(load_train_config(write(tmp_path, 'fewer', fewer)), tmp_path / 'd', progress=False)
+    assert t3.prefix_cache.blocks == 4 and t3.prefix_cache.dir != t1.prefix_cache.dir
+    t4 = Trainer(load_train_config(write(tmp_path, 'off', {**base, 'cache': True, 'freeze_eval': False})),
+                 tmp_path / 'e', progress=False)
+    assert t4.prefix_cache is None
+    with pytest.raises(ConfigError, match='freeze_eval: true needs freeze'):
+        load_train_config(write(tmp_path, 'bad', {**base, 'freeze': []}))

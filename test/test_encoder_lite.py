@@ -90,6 +90,28 @@ def test_lite0_endpoints_match_the_b0_path():
     assert same_padding(128, 3, 2) == (0, 1) and same_padding(64, 5, 2) == (1, 2) and same_padding(11, 3, 1) == (1, 1)
 
 
+@pytest.mark.parametrize('name', ['efficientnet-b0', 'efficientnet-lite0'])
+def test_the_encoder_goes_on_from_its_prefix_with_the_same_output(name):
+    """What the trainer caches for a frozen prefix: ``prefix(x, k)`` then ``forward(.., start=k)`` equals
+    ``forward(x)`` for every allowed k, and k beyond the first fused endpoint is refused."""
+    hw = (64, 176)
+    torch.manual_seed(0)
+    enc = CamEncoder(EncoderConfig(name=name, out_channels=16, out_stride=8), hw).eval()
+    assert enc.reductions() == [1, 3, 5, 11] and enc.max_prefix_blocks == 5  # the stride-8 endpoint feeds block 5
+    x = torch.randn(2, 3, *hw)
+    with torch.no_grad():
+        full = enc(x)
+        for k in (1, 3, 5):
+            mid = enc.prefix(x, k)
+            assert torch.allclose(enc(mid, start=k), full, atol=1e-6), k
+        assert tuple(enc.prefix(x, 5).shape) == (2, 40, 8, 22)
+    with pytest.raises(ValueError, match='blocks must be in 1..5'):
+        enc.prefix(x, 6)
+    with pytest.raises(ValueError, match='start must be at most 5'):
+        enc(x, start=6)
+    assert CamEncoder(EncoderConfig(name=name, out_channels=16, out_stride=16), hw).max_prefix_blocks == 11
+
+
 def test_lite0_with_another_normalisation_or_b0_from_a_package_is_named():
     with pytest.raises(ConfigError, match=r'image.mean/std: encoder.weights are the EfficientNet-Lite0'):
         load_model_config(config_path('models/student_edge_cpu.yaml'),

@@ -172,24 +172,60 @@ class CamEncoder(nn.Module):
         trunk.remove_head()  # the classifier is never run: every remaining parameter learns
         return trunk
 
-    def _endpoints(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The inputs of the blocks that halve the size (strides 2, 4, 8, 16) and the last block's output (32)."""
+    def reductions(self) -> list[int]:
+        """Indices of the trunk's blocks that halve the size (their inputs are the stride 2 ... 16 endpoints)."""
+        t = self.trunk
+        if hasattr(t, 'reductions'):  # EfficientNet-Lite
+            return t.reductions()
+        strides = [block._block_args.stride for block in t._blocks]  # efficientnet-pytorch: [s] or s
+        return [i for i, s in enumerate(strides) if (s[0] if isinstance(s, (list, tuple)) else s) > 1]
+
+    @property
+    def max_prefix_blocks(self) -> int:
+        """The most blocks :meth:`prefix` may run: up to the block that reads the first endpoint the output fuses
+        (stride 8 with ``out_stride: 8``, else 16)."""
+        return self.reductions()[-2 if self.out_stride == 8 else -1]
+
+    def prefix(self, images: torch.Tensor, blocks: int) -> torch.Tensor:
+        """The trunk's stem and first ``blocks`` blocks: (B, 3, h, w) -> the input of block ``blocks``. The trainer
+        caches it when those layers are frozen and run in eval mode (``freeze_eval``); ``forward(prefix, blocks)``
+        goes on from there."""
+        if not 0 < blocks <= self.max_prefix_blocks:
+            raise ValueError(f'prefix: blocks must be in 1..{self.max_prefix_blocks}, got {blocks}')
+        t = self.trunk
+        if hasattr(t, 'prefix'):  # EfficientNet-Lite
+            return t.prefix(images, blocks, self.drop_connect_rate)
+        x = t._swish(t._bn0(t._conv_stem(images)))
+        for idx in range(blocks):
+            x = self._b0_block(idx, x)
+        return x
+
+    def _b0_block(self, idx: int, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.trunk._blocks)
+        return self.trunk._blocks[idx](x, drop_connect_rate=self.drop_connect_rate * idx / n
+                                       if self.drop_connect_rate else None)
+
+    def _endpoints(self, x: torch.Tensor, start: int = 0) -> list[torch.Tensor]:
+        """The inputs of the blocks that halve the size (strides 2, 4, 8, 16) and the last block's output (32); with
+        ``start`` > 0, ``x`` is :meth:`prefix`'s output and the endpoints from block ``start`` on are returned."""
         t = self.trunk
         if hasattr(t, 'endpoints'):  # EfficientNet-Lite
-            return t.endpoints(x, self.drop_connect_rate)
-        x = t._swish(t._bn0(t._conv_stem(x)))
-        prev = x
+            return t.endpoints(x, self.drop_connect_rate, start)
+        if start == 0:
+            x = t._swish(t._bn0(t._conv_stem(x)))
+        halving = set(self.reductions())
         reductions = []
-        n = len(t._blocks)
-        for idx, block in enumerate(t._blocks):
-            x = block(x, drop_connect_rate=self.drop_connect_rate * idx / n if self.drop_connect_rate else None)
-            if prev.shape[-1] > x.shape[-1]:
-                reductions.append(prev)
-            prev = x
+        for idx in range(start, len(t._blocks)):
+            if idx in halving:
+                reductions.append(x)
+            x = self._b0_block(idx, x)
         return reductions + [x]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        ends = self._endpoints(images)
+    def forward(self, images: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Camera images (B, 3, h, w) -> features; with ``start`` > 0, ``images`` is ``prefix(images, start)``."""
+        if start > self.max_prefix_blocks:
+            raise ValueError(f'forward: start must be at most {self.max_prefix_blocks}, got {start}')
+        ends = self._endpoints(images, start)
         x = self.up(ends[-1], ends[-2])
         return self.up8(x, ends[-3]) if self.up8 is not None else x
 

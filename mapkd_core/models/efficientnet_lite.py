@@ -168,20 +168,36 @@ class EfficientNetLite(nn.Module):
             if hasattr(self, name):
                 delattr(self, name)
 
-    def endpoints(self, x: torch.Tensor, drop_connect_rate: float = 0.0) -> list[torch.Tensor]:
+    def endpoints(self, x: torch.Tensor, drop_connect_rate: float = 0.0, start: int = 0) -> list[torch.Tensor]:
         """Features at strides 2, 4, 8, 16, 32 (channels 16, 24, 40, 112, 320 for Lite0).
 
         The input is made channels-last first: oneDNN's depthwise convolutions are several times faster on the CPU in
-        that layout (measured in benchmarks/bench_training.py); the values are the same.
+        that layout (measured in benchmarks/bench_training.py); the values are the same. With ``start`` > 0, ``x`` is
+        :meth:`prefix`'s output for ``start`` blocks and only the endpoints from block ``start`` on are returned.
         """
-        x = F.relu6(self._bn0(self._conv_stem(x.contiguous(memory_format=torch.channels_last))))
+        x = x.contiguous(memory_format=torch.channels_last)
+        if start == 0:
+            x = F.relu6(self._bn0(self._conv_stem(x)))
         ends = []
         n = len(self._blocks)
-        for idx, block in enumerate(self._blocks):
+        for idx in range(start, n):
+            block = self._blocks[idx]
             if block.stride > 1:
                 ends.append(x)
             x = block(x, drop_connect_rate * idx / n if drop_connect_rate else 0.0)
         return ends + [x]
+
+    def prefix(self, x: torch.Tensor, blocks: int, drop_connect_rate: float = 0.0) -> torch.Tensor:
+        """The stem and the first ``blocks`` blocks: the input of block ``blocks`` (see :meth:`endpoints`)."""
+        x = F.relu6(self._bn0(self._conv_stem(x.contiguous(memory_format=torch.channels_last))))
+        n = len(self._blocks)
+        for idx in range(blocks):
+            x = self._blocks[idx](x, drop_connect_rate * idx / n if drop_connect_rate else 0.0)
+        return x
+
+    def reductions(self) -> list[int]:
+        """Indices of the blocks that halve the size (their inputs are the stride 2 ... 16 endpoints)."""
+        return [i for i, block in enumerate(self._blocks) if block.stride > 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.has_head:

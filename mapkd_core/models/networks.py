@@ -231,6 +231,9 @@ class EdgeStudent(MapModel):
     """Our edge student: EfficientNet (Lite0 in its configs; stride-8 output) -> ground sampler + BEV coords -> light
     BEV neck with full-resolution heads (see models/edge.py)."""
 
+    #: ``forward`` takes a precomputed ``encoder_prefix`` (the trainer's cache of a frozen encoder prefix)
+    accepts_encoder_prefix = True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.encoder = CamEncoder(cfg.encoder, (cfg.image.height, cfg.image.width))
@@ -245,10 +248,15 @@ class EdgeStudent(MapModel):
         self.neck = EdgeNeck(cfg.encoder.out_channels + 2, neck_cfg, self.head_channels)
 
     def forward(self, images, intrinsics=None, cam_to_ego=None, lidar=None, lidar_mask=None,
-                sd_prior=None) -> MapOutput:
+                sd_prior=None, encoder_prefix=None, prefix_blocks: int = 0) -> MapOutput:
+        """``encoder_prefix`` (B, N, C, h, w): the encoder's ``prefix(images, prefix_blocks)`` per camera, computed
+        (and cached) by the trainer when that part is frozen; the encoder then starts at block ``prefix_blocks``."""
         self._check_cameras(images)
         b, n = images.shape[:2]
-        feats = self.encoder(images.flatten(0, 1))
+        if encoder_prefix is not None:
+            feats = self.encoder(encoder_prefix.flatten(0, 1), start=prefix_blocks)
+        else:
+            feats = self.encoder(images.flatten(0, 1))
         feats = feats.view(b, n, *feats.shape[1:])
         bev = self.sampler(feats, intrinsics, cam_to_ego)
         bev = torch.cat([bev, self.bev_coords.expand(b, -1, -1, -1)], dim=1)

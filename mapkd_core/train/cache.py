@@ -9,6 +9,9 @@
   frozen models run in eval mode (no dropout, batch norm with running statistics) on inputs that are a fixed
   function of the sample: the data pipeline has no random augmentation. Whoever adds one must bypass this cache
   for augmented samples (the data cache stays valid if the augmentation is applied after :meth:`MapDataset.raw`).
+* :class:`EncoderPrefixCache` stores the output of the trained model's frozen encoder prefix (the edge student's
+  stem and first blocks) per sample token, under ``freeze_eval`` only: then those layers run in eval mode and their
+  output is, like the frozen models', a fixed function of the sample. It was a quarter of the edge student's step.
 
 Both live under the project cache root (:func:`mapkd_core.paths.cache_root`: ``$MAPKD_CACHE``, default
 ``~/.cache/mapkd``) in a folder named by a key over everything that determines their content: the data config
@@ -144,4 +147,45 @@ class FrozenOutputCache:
             _atomic_write(self._path(token), lambda fh, e=entry: torch.save(e, fh))
 
 
-__all__ = ['CACHE_VERSION', 'CachedMapDataset', 'CachedOutput', 'FrozenOutputCache', 'data_key', 'file_digest']
+class EncoderPrefixCache:
+    """Per-sample output of a model's frozen encoder prefix (``CamEncoder.prefix``: the stem and the first
+    ``blocks`` blocks, in eval mode under ``freeze_eval``), one (N, C, h, w) tensor per sample token, keyed by the
+    training data and the prefix's parameters and batch-norm statistics."""
+
+    def __init__(self, encoder, blocks: int, dataset_key: str, root: str | Path | None = None):
+        names = ('trunk._conv_stem.', 'trunk._bn0.', *(f'trunk._blocks.{i}.' for i in range(blocks)))
+        h = hashlib.sha256(json.dumps({'version': CACHE_VERSION, 'data': dataset_key, 'blocks': blocks}).encode())
+        for name, tensor in encoder.state_dict().items():
+            if name.startswith(names):
+                h.update(name.encode())
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        self.encoder = encoder
+        self.blocks = blocks
+        self.dir = Path(root or cache_root()) / 'train-prefix' / h.hexdigest()[:20]
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, token: str) -> Path:
+        return self.dir / f'{token}.pt'
+
+    @torch.no_grad()
+    def __call__(self, tokens: list[str], images: torch.Tensor) -> torch.Tensor:
+        """The prefix of a batch's images (B, N, 3, H, W) -> (B, N, C, h, w): read when every token is cached,
+        else computed and stored."""
+        paths = [self._path(t) for t in tokens]
+        if all(p.is_file() for p in paths):
+            try:
+                return torch.stack([torch.load(p, map_location='cpu', weights_only=True)
+                                    for p in paths]).to(images.device)
+            except Exception:  # a damaged file: recompute the batch
+                pass
+        b, n = images.shape[:2]
+        out = self.encoder.prefix(images.flatten(0, 1), self.blocks)
+        out = out.contiguous().view(b, n, *out.shape[1:])
+        stored = out.detach().float().cpu()
+        for i, path in enumerate(paths):
+            _atomic_write(path, lambda fh, t=stored[i].clone(): torch.save(t, fh))
+        return out
+
+
+__all__ = ['CACHE_VERSION', 'CachedMapDataset', 'CachedOutput', 'EncoderPrefixCache', 'FrozenOutputCache',
+           'data_key', 'file_digest']

@@ -115,6 +115,11 @@ class TrainConfig:
     init: Optional[InitConfig] = None
     #: parameter-name prefixes to freeze (requires_grad False; e.g. fine-tune only the HD head)
     freeze: tuple[str, ...] = ()
+    #: modules whose parameters are all frozen run in eval mode while training: their batch norm normalises with
+    #: its running statistics and keeps them, their stochastic depth is off. Without it a frozen layer still
+    #: normalises with each batch's statistics. With ``cache``, the frozen prefix of an encoder that supports it
+    #: (the edge student's) is then computed once per sample and cached (train/cache.py)
+    freeze_eval: bool = False
     epochs: int = 10
     batch_size: int = 8
     lr: float = 5e-4
@@ -152,6 +157,8 @@ class TrainConfig:
             raise ConfigError(f'{where}teacher: teacher distillation weights are set but no teacher weights file')
         if d.uses_coach and not self.coach:
             raise ConfigError(f'{where}coach: coach distillation weights are set but no coach weights file')
+        if self.freeze_eval and not self.freeze:
+            raise ConfigError(f'{where}freeze_eval: true needs freeze: (the parameter prefixes to freeze)')
         if self.stage == 'coach' and d.uses_coach:
             raise ConfigError(f'{where}distill: the coach stage distils from the teacher only (msrd/tgpd_teacher)')
 

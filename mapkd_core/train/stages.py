@@ -181,6 +181,36 @@ class Stage:
     def trainable_parameters(self):
         return [p for p in self.module.parameters() if p.requires_grad]
 
+    def train_mode(self) -> None:
+        """The trained module in train mode, the frozen teacher and coach in eval mode, and with ``freeze_eval``
+        every module of the model whose parameters are all frozen in eval mode too."""
+        self.module.train()
+        for frozen in (self.teacher, self.coach):
+            if frozen is not None:
+                frozen.eval()
+        if self.cfg.freeze_eval:
+            for m in self.model.modules():
+                params = list(m.parameters())
+                if params and not any(p.requires_grad for p in params):
+                    m.eval()
+
+    def frozen_prefix_blocks(self) -> int:
+        """How many encoder blocks (after the stem) form a frozen prefix the trainer may cache: with
+        ``freeze_eval`` on a model that takes ``encoder_prefix``, the stem and the leading blocks whose
+        parameters are all frozen, at most up to the first endpoint the encoder fuses; 0 when there is none."""
+        model = self.model
+        if not (self.cfg.freeze_eval and getattr(model, 'accepts_encoder_prefix', False)):
+            return 0
+        enc = model.encoder
+        trunk = enc.trunk
+        if any(p.requires_grad for name in ('_conv_stem', '_bn0') for p in getattr(trunk, name).parameters()):
+            return 0
+        blocks = 0
+        while blocks < enc.max_prefix_blocks and not any(p.requires_grad
+                                                         for p in trunk._blocks[blocks].parameters()):
+            blocks += 1
+        return blocks
+
     @torch.no_grad()
     def frozen_outputs(self, batch: dict):
         t = self.teacher.forward_batch(batch) if self.teacher is not None else None

@@ -32,7 +32,7 @@ from ..errors import ConfigError, MapkdError
 from ..constants import CLASS_NAMES
 from ..data.dataset import MapDataset, collate, spread
 from ..models.io import model_config_yaml, save_weights
-from .cache import CachedMapDataset, FrozenOutputCache, data_key
+from .cache import CachedMapDataset, EncoderPrefixCache, FrozenOutputCache, data_key
 from .config import TrainConfig
 from .stages import Stage
 
@@ -81,6 +81,9 @@ class Trainer:
             for role, path in (('teacher', cfg.teacher), ('coach', cfg.coach)):
                 if getattr(self.stage, role) is not None:
                     self.frozen_caches[role] = FrozenOutputCache(role, path, key)
+        # the trained model's frozen encoder prefix (freeze_eval only), cached per sample
+        blocks = self.stage.frozen_prefix_blocks() if cfg.cache else 0
+        self.prefix_cache = EncoderPrefixCache(self.stage.model.encoder, blocks, key) if blocks else None
         if cfg.train_limit:
             self.train_set.frames = spread(self.train_set.frames, cfg.train_limit)
         self.val_set = None
@@ -179,10 +182,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict:
         from tqdm import tqdm
-        self.module.train()
-        for frozen in (self.stage.teacher, self.stage.coach):
-            if frozen is not None:
-                frozen.eval()
+        self.stage.train_mode()
         runner = self.ddp or self.module
         sums: dict[str, float] = {}
         n = 0
@@ -194,7 +194,7 @@ class Trainer:
             gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed * 1000003 + epoch * 10007 + i)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 teacher_out, coach_out = self.frozen_outputs(batch)
-                losses = runner(batch, teacher_out, coach_out, self.stage.model_input(batch, gen))
+                losses = runner(batch, teacher_out, coach_out, self.model_input(batch, gen))
             loss = losses['total']
             if not torch.isfinite(loss):
                 raise FloatingPointError(f'loss is {loss.item()} at epoch {epoch + 1} step {i}: stopping (last good '
@@ -217,6 +217,15 @@ class Trainer:
                                             **{k: float(v.detach()) for k, v in losses.items()}})
         bar.close()
         return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def model_input(self, batch: dict, generator: torch.Generator | None) -> dict | None:
+        """The stage's model input (see ``Stage.model_input``); with a prefix cache, the batch's inputs plus the
+        cached output of the frozen encoder prefix."""
+        if self.prefix_cache is None:
+            return self.stage.model_input(batch, generator)
+        model = self.stage.model
+        return {**{k: batch[k] for k in model.inputs}, 'prefix_blocks': self.prefix_cache.blocks,
+                'encoder_prefix': self.prefix_cache(batch['token'], batch['images'])}
 
     @torch.no_grad()
     def frozen_outputs(self, batch: dict):
@@ -283,6 +292,9 @@ class Trainer:
             (self.out / 'train_config.yaml').write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             if self.stage.init_report and self.progress:
                 print(f'initialised {self.stage.init_report["loaded"]} tensors from {cfg.init.path}')
+            if self.prefix_cache is not None and self.progress:
+                print(f'the frozen encoder prefix (stem + {self.prefix_cache.blocks} blocks, eval mode) is cached in '
+                      f'{self.prefix_cache.dir}')
         t_start = time.perf_counter()
         while self.epoch < cfg.epochs:
             e = self.epoch
