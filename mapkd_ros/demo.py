@@ -12,6 +12,11 @@
    same frames (the reference "clearly above").
 
     mapkd-demo [--out outputs/demo] [--weights W] [--backend torch|onnxruntime] [--rate 1.0] [--limit N]
+               [--realtime]
+
+The bag is played in lockstep by default: each keyframe's images go out once the node has answered the previous
+keyframe, so a machine slower than the bag's rate still scores every frame (with ``--realtime`` the node keeps
+only the newest complete set, as on a vehicle, and the frames it drops are not scored).
 """
 from __future__ import annotations
 
@@ -209,8 +214,12 @@ def _pct(v) -> str:
     return '-' if v is None else f'{100 * v:.1f}'
 
 
+#: lockstep replay: how long the player waits for the node to answer the previous keyframe before it goes on
+ANSWER_TIMEOUT_S = 60.0
+
+
 def run(out: Path, weights: Path, backend: str, rate: float, limit: int, draw: int, node_timeout: float,
-        log=print) -> dict:
+        log=print, realtime: bool = False) -> dict:
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     # one DDS profile for this process and the node: buffers large enough for a burst of six JPEGs
     from mapkd_core.paths import config_path
@@ -253,13 +262,26 @@ def run(out: Path, weights: Path, backend: str, rate: float, limit: int, draw: i
         recorder = Recorder()
         recorder.wait_for_node(proc, node_timeout)
         published: dict[str, list[tuple[int, float]]] = {}
+        images = [t for t in summary['counts'] if t.endswith('image_rect_compressed')]
+        infos = [t for t in summary['counts'] if t.endswith('camera_info')]
+        keyframes = []  # the first image stamp of each keyframe played (a set's cameras lie within the slop)
+        set_slop_ns = _node_slop_ns(params_file)
 
         def on_publish(topic, stamp, t):
             published.setdefault(topic, []).append((stamp, t))
+            if realtime or topic not in images or (keyframes and abs(stamp - keyframes[-1]) <= set_slop_ns):
+                return
+            # lockstep (the default): the first image of a new keyframe is out, the keyframe is not complete yet;
+            # wait until the node answered every earlier keyframe, so that a machine slower than the bag's rate
+            # scores every frame instead of the node dropping the sets it could not take in time (it keeps the
+            # newest complete set, as on a vehicle; --realtime replays that way)
+            t_end = time.monotonic() + ANSWER_TIMEOUT_S
+            while len(recorder.markers) < len(keyframes) and proc.poll() is None and time.monotonic() < t_end:
+                time.sleep(0.02)
+            keyframes.append(stamp)
 
-        log(f'[4/6] playing the bag at {rate:g}x')
-        images = [t for t in summary['counts'] if t.endswith('image_rect_compressed')]
-        infos = [t for t in summary['counts'] if t.endswith('camera_info')]
+        log(f'[4/6] playing the bag at {rate:g}x' + (' (real time: the node may drop sets)' if realtime else
+                                                      ', each keyframe after the node answered the previous one'))
         play(bag_in, rate=rate, wait_for=images + infos, wait_for_subscribers=node_timeout, on_publish=on_publish,
              log=lambda m: log('      ' + m))
         expected = summary['counts'].get(images[0], 0) if images else 0
@@ -330,7 +352,7 @@ def run(out: Path, weights: Path, backend: str, rate: float, limit: int, draw: i
 
     lat = np.array(latencies) if latencies else np.array([np.nan])
     result = {
-        'weights': str(weights), 'model': model_cfg.name, 'backend': backend, 'rate': rate,
+        'weights': str(weights), 'model': model_cfg.name, 'backend': backend, 'rate': rate, 'realtime': realtime,
         'frames_in_bag': len(gt_stamps), 'marker_arrays_received': len(received),
         'frames_scored_with_prediction': len(preds),
         'latency_ms': {'p50': float(np.nanpercentile(lat, 50)), 'p95': float(np.nanpercentile(lat, 95)),
@@ -370,9 +392,13 @@ def main(argv=None) -> int:
     p.add_argument('--limit', type=int, default=0, help='keyframes per scene (default 0 = all, about 40)')
     p.add_argument('--draw', type=int, default=4, help='frames to render as PNG')
     p.add_argument('--node-timeout', type=float, default=120.0, help='seconds to wait for the node to come up')
+    p.add_argument('--realtime', action='store_true',
+                   help='play at the bag\'s rate regardless of the node (default: each keyframe waits until the node '
+                        'answered the previous one, so every frame is scored)')
     add_debug_flag(p)
     args = p.parse_args(argv)
-    run(Path(args.out), Path(args.weights), args.backend, args.rate, args.limit, args.draw, args.node_timeout)
+    run(Path(args.out), Path(args.weights), args.backend, args.rate, args.limit, args.draw, args.node_timeout,
+        realtime=args.realtime)
     return 0
 
 
