@@ -287,6 +287,10 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
             partial = summarize(runs, seeds, train_frames)
             partial.update({'complete': False, 'seconds_so_far': time.perf_counter() - t_start})
             write_result('distillation', partial)
+    # rows read at the start from another call's folders may have finished (and been scored) since: read them again
+    for name, folder, *_ in plan(seeds):
+        if runs.get(name, {}).get('from_earlier_call') and 'scores' not in runs[name]:
+            runs[name] = finished_run(out / folder) or runs[name]
     payload = summarize(runs, seeds, train_frames)
     if not write:  # a row of a parallel call: its parent writes the summary
         return payload

@@ -3,6 +3,8 @@ cpus / jobs threads each, and a failed row stops only the rows that need it. The
 real rows take hours); the rows' processes are stand-ins that record their start and exit with a chosen code."""
 from __future__ import annotations
 
+import json
+
 import benchmarks.bench_distillation as bd
 
 
@@ -108,3 +110,23 @@ def test_the_eval_mode_attempts_set_freeze_eval_and_only_they_do():
     assert msrd['distill'] == bd.ATTEMPTS['MSRD only (T)']
     assert [r for r, (_, o) in rows.items() if o.get('freeze_eval')] == [
         'baseline, frozen layers in eval mode', 'MSRD only (T), frozen layers in eval mode']
+
+
+def test_a_row_another_call_finishes_meanwhile_is_read_again_for_the_summary(monkeypatch, tmp_path):
+    """Two calls side by side: a row still training when this call starts is scored by the time it writes the
+    summary; the summary carries its scores, not the half-finished state read at the start."""
+    other = tmp_path / 'coach'  # planned before the row trained here: read at the start, still training
+    other.mkdir()
+    (other / 'coach.safetensors').write_bytes(b'x')
+    (other / 'progress.json').write_text(json.dumps({'step': 600}))
+
+    def fake_train(recipe, out, over):
+        # while this call trains, the other call finishes and scores its row
+        (other / 'eval.json').write_text(json.dumps({'key': {}, **_scores(0.41, 0.43)}))
+        return {'weights': str(out / 'student_edge.safetensors'), 'steps': 1, 'train_seconds': 1.0}
+    monkeypatch.setattr(bd, 'train', fake_train)
+    monkeypatch.setattr(bd, 'evaluate_run', lambda run, *a, **k: _scores(0.40, 0.42)['scores'])
+    monkeypatch.setattr(bd, 'write_result', lambda name, payload: tmp_path / f'{name}.json')
+    monkeypatch.setattr(bd, 'chart', lambda payload, path: path)
+    payload = bd.run(tmp_path, seeds=3, val_frames=1, workers=0, only=('student_baseline_s0',))
+    assert payload['runs']['coach (C+simL+SD)']['scores']['geo_val']['miou'] == 0.41
