@@ -39,8 +39,9 @@ LONG = True
 #: every stage trains on the same ``TRAIN_FRAMES`` geo_train frames (evenly spread over the 178 drives), so the
 #: training caches (decoded images, the frozen teacher's and coach's outputs) are filled once and shared by all runs
 TRAIN_FRAMES = 1200
-#: epochs over those frames per stage (the recipes' batch sizes: 8 for the HD prior, 2 for the others)
-EPOCHS = {'hd_prior': 6, 'teacher': 2, 'coach': 1, 'student': 2}
+#: epochs over those frames per stage (the recipes' batch sizes: 8 for the HD prior, 2 for the others); the coach
+#: trains as long as the students since round 6 (round 3's coach of 600 steps stayed below the baseline student)
+EPOCHS = {'hd_prior': 6, 'teacher': 2, 'coach': 2, 'student': 2}
 #: the epoch after which the learning rate drops 10x (default: never within the run, i.e. the stage's epochs)
 LR_STEP = {'hd_prior': 5}
 
@@ -78,6 +79,10 @@ ATTEMPTS = {
                                              'msrd_teacher': 0.0},
     'MSRD only (T), frozen layers in eval mode': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0,
                                                   'msrd_coach': 0.0},
+    # round 6: TGPD (bounded) at a tenth of its weight, its gradient then below the task loss's instead of 2.5x it
+    # (bench_loss_balance): on top of the teacher's MSRD, and in the full MapKD recipe with the coach's terms
+    'MSRD + TGPD (T), TGPD x0.1': {**MAPKD, 'tgpd_teacher': 0.05, 'tgpd_coach': 0.0, 'msrd_coach': 0.0},
+    'MapKD, TGPD x0.1': {**MAPKD, 'tgpd_teacher': 0.05, 'tgpd_coach': 0.001},
 }
 #: attempts that change the recipe beyond ``distill``: their other overrides
 RECIPE_OVERRIDES = {name: {'freeze_eval': True} for name in ATTEMPTS if name.endswith('frozen layers in eval mode')}

@@ -78,6 +78,7 @@ class Recorder:
         self.markers: list[tuple[float, bytes]] = []  # (perf_counter at reception, CDR bytes)
         self.processing_ms: list[float] = []
         self.lock = threading.Lock()
+        self.answered = threading.Condition(self.lock)  # notified on every MarkerArray received
         self.sub = self.node.create_subscription(MarkerArray, MARKERS_TOPIC, self._on_markers, qos, raw=True)
         self.sub_p = self.node.create_subscription(Float64, PROCESSING_TOPIC, self._on_processing, qos)
         self.executor = SingleThreadedExecutor(context=self.ctx)
@@ -86,8 +87,21 @@ class Recorder:
         self.thread.start()
 
     def _on_markers(self, raw: bytes) -> None:
-        with self.lock:
+        with self.answered:
             self.markers.append((time.perf_counter(), bytes(raw)))
+            self.answered.notify_all()
+
+    def wait_for_markers(self, count: int, proc: subprocess.Popen, timeout: float) -> bool:
+        """Block until ``count`` MarkerArrays were received, the node exited or ``timeout`` s passed; True when
+        they were received. Woken by each reception (the node's exit is looked at twice a second)."""
+        t_end = time.monotonic() + timeout
+        with self.answered:
+            while len(self.markers) < count:
+                left = t_end - time.monotonic()
+                if left <= 0 or proc.poll() is not None:
+                    return False
+                self.answered.wait(min(left, 0.5))
+        return True
 
     def _on_processing(self, msg) -> None:
         with self.lock:
@@ -275,9 +289,7 @@ def run(out: Path, weights: Path, backend: str, rate: float, limit: int, draw: i
             # wait until the node answered every earlier keyframe, so that a machine slower than the bag's rate
             # scores every frame instead of the node dropping the sets it could not take in time (it keeps the
             # newest complete set, as on a vehicle; --realtime replays that way)
-            t_end = time.monotonic() + ANSWER_TIMEOUT_S
-            while len(recorder.markers) < len(keyframes) and proc.poll() is None and time.monotonic() < t_end:
-                time.sleep(0.02)
+            recorder.wait_for_markers(len(keyframes), proc, ANSWER_TIMEOUT_S)
             keyframes.append(stamp)
 
         log(f'[4/6] playing the bag at {rate:g}x' + (' (real time: the node may drop sets)' if realtime else

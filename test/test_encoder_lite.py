@@ -112,6 +112,27 @@ def test_the_encoder_goes_on_from_its_prefix_with_the_same_output(name):
     assert CamEncoder(EncoderConfig(name=name, out_channels=16, out_stride=16), hw).max_prefix_blocks == 11
 
 
+@pytest.mark.parametrize('name', ['efficientnet-b0', 'efficientnet-lite0'])
+def test_the_encoder_names_its_frozen_prefix_and_the_state_it_depends_on(name):
+    """What the trainer and the prefix cache ask the encoder: how many leading blocks are frozen (the stem too, and
+    never past the first fused endpoint), and the tensors the prefix's output depends on."""
+    enc = CamEncoder(EncoderConfig(name=name, out_channels=16, out_stride=8), (64, 176))
+    assert enc.frozen_prefix_blocks() == 0  # everything trains
+    for p in enc.trunk.parameters():
+        p.requires_grad_(False)
+    assert enc.frozen_prefix_blocks() == 5  # all frozen: up to the stride-8 endpoint only
+    for p in enc.trunk._blocks[3].parameters():
+        p.requires_grad_(True)
+    assert enc.frozen_prefix_blocks() == 3  # stops at the first block that trains
+    enc.trunk._bn0.weight.requires_grad_(True)
+    assert enc.frozen_prefix_blocks() == 0  # a training stem: no prefix
+    state = enc.prefix_state(2)
+    assert state and all(k.startswith(('trunk._conv_stem.', 'trunk._bn0.', 'trunk._blocks.0.', 'trunk._blocks.1.'))
+                         for k in state)
+    assert any(k.startswith('trunk._blocks.1.') for k in state) and 'trunk._bn0.running_mean' in state
+    assert not any(k.startswith('trunk._blocks.2.') for k in state) and len(enc.prefix_state(3)) > len(state)
+
+
 def test_lite0_with_another_normalisation_or_b0_from_a_package_is_named():
     with pytest.raises(ConfigError, match=r'image.mean/std: encoder.weights are the EfficientNet-Lite0'):
         load_model_config(config_path('models/student_edge_cpu.yaml'),

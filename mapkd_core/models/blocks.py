@@ -186,6 +186,32 @@ class CamEncoder(nn.Module):
         (stride 8 with ``out_stride: 8``, else 16)."""
         return self.reductions()[-2 if self.out_stride == 8 else -1]
 
+    def _prefix_modules(self, blocks: int) -> dict[str, nn.Module]:
+        """The stem and the first ``blocks`` blocks, by their state-dict prefix in this encoder (both trunks use
+        efficientnet-pytorch's names)."""
+        t = self.trunk
+        return {'trunk._conv_stem.': t._conv_stem, 'trunk._bn0.': t._bn0,
+                **{f'trunk._blocks.{i}.': t._blocks[i] for i in range(blocks)}}
+
+    def frozen_prefix_blocks(self) -> int:
+        """How many blocks after the stem form a frozen prefix (no parameter trains), at most
+        :attr:`max_prefix_blocks`; 0 when the stem trains. What :meth:`prefix` may compute once and cache."""
+        def frozen(module: nn.Module) -> bool:
+            return not any(p.requires_grad for p in module.parameters())
+        stem = self._prefix_modules(0)
+        if not all(frozen(m) for m in stem.values()):
+            return 0
+        blocks = 0
+        while blocks < self.max_prefix_blocks and frozen(self.trunk._blocks[blocks]):
+            blocks += 1
+        return blocks
+
+    def prefix_state(self, blocks: int) -> dict[str, torch.Tensor]:
+        """The parameters and batch-norm statistics of the stem and first ``blocks`` blocks (this encoder's
+        state-dict names, in its order): what :meth:`prefix`'s output depends on, e.g. for a cache key."""
+        names = tuple(self._prefix_modules(blocks))
+        return {k: v for k, v in self.state_dict().items() if k.startswith(names)}
+
     def prefix(self, images: torch.Tensor, blocks: int) -> torch.Tensor:
         """The trunk's stem and first ``blocks`` blocks: (B, 3, h, w) -> the input of block ``blocks``. The trainer
         caches it when those layers are frozen and run in eval mode (``freeze_eval``); ``forward(prefix, blocks)``

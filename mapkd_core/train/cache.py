@@ -153,12 +153,10 @@ class EncoderPrefixCache:
     training data and the prefix's parameters and batch-norm statistics."""
 
     def __init__(self, encoder, blocks: int, dataset_key: str, root: str | Path | None = None):
-        names = ('trunk._conv_stem.', 'trunk._bn0.', *(f'trunk._blocks.{i}.' for i in range(blocks)))
         h = hashlib.sha256(json.dumps({'version': CACHE_VERSION, 'data': dataset_key, 'blocks': blocks}).encode())
-        for name, tensor in encoder.state_dict().items():
-            if name.startswith(names):
-                h.update(name.encode())
-                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        for name, tensor in encoder.prefix_state(blocks).items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         self.encoder = encoder
         self.blocks = blocks
         self.dir = Path(root or cache_root()) / 'train-prefix' / h.hexdigest()[:20]

@@ -201,15 +201,7 @@ class Stage:
         model = self.model
         if not (self.cfg.freeze_eval and getattr(model, 'accepts_encoder_prefix', False)):
             return 0
-        enc = model.encoder
-        trunk = enc.trunk
-        if any(p.requires_grad for name in ('_conv_stem', '_bn0') for p in getattr(trunk, name).parameters()):
-            return 0
-        blocks = 0
-        while blocks < enc.max_prefix_blocks and not any(p.requires_grad
-                                                         for p in trunk._blocks[blocks].parameters()):
-            blocks += 1
-        return blocks
+        return model.encoder.frozen_prefix_blocks()
 
     @torch.no_grad()
     def frozen_outputs(self, batch: dict):
