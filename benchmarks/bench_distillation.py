@@ -50,6 +50,11 @@ LR_STEP = {'hd_prior': 5}
 #: same way
 METHOD_TGPD = {'msrd_teacher': 0.75, 'msrd_coach': 0.001, 'tgpd_teacher': 0.5, 'tgpd_coach': 0.01}
 MAPKD = {**METHOD_TGPD, 'tgpd_normalize': True, 'tgpd_kl_reduction': 'mean'}
+#: ERD's weight in the attempt rows: its gradient on the student is then about that of the discriminative loss
+#: (var and dist at 0.1 each), a third of the task loss's (measured on 8 geo_train frames, trained baseline)
+ERD_WEIGHT = 0.1
+#: the distillation weights that need the teacher
+TEACHER_TERMS = ('msrd_teacher', 'tgpd_teacher', 'erd_teacher')
 #: the single-loss rows: the other loss's weights set to zero (overrides merge into the recipe's ``distill``)
 SINGLE = {
     'TGPD only (T+C)': {**MAPKD, 'msrd_teacher': 0.0, 'msrd_coach': 0.0},
@@ -83,6 +88,9 @@ ATTEMPTS = {
     # (bench_loss_balance): on top of the teacher's MSRD, and in the full MapKD recipe with the coach's terms
     'MSRD + TGPD (T), TGPD x0.1': {**MAPKD, 'tgpd_teacher': 0.05, 'tgpd_coach': 0.0, 'msrd_coach': 0.0},
     'MapKD, TGPD x0.1': {**MAPKD, 'tgpd_teacher': 0.05, 'tgpd_coach': 0.001},
+    # round 6: the teacher's embedding and direction heads are worth about 4 mAP on the student's own segmentation
+    # (bench_map_gap) and MSRD distils neither: the embedding's relations distilled too (ERD, not in the method)
+    'MSRD + ERD (T)': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0, 'erd_teacher': ERD_WEIGHT},
 }
 #: attempts that change the recipe beyond ``distill``: their other overrides
 RECIPE_OVERRIDES = {name: {'freeze_eval': True} for name in ATTEMPTS if name.endswith('frozen layers in eval mode')}
@@ -201,7 +209,7 @@ def needs(folder: str, over: dict) -> set[str]:
         return {'teacher'}
     distill = over.get('distill', {})
     out = set()
-    if any(distill.get(k) for k in ('msrd_teacher', 'tgpd_teacher')):
+    if any(distill.get(k) for k in TEACHER_TERMS):
         out.add('teacher')
     if any(distill.get(k) for k in ('msrd_coach', 'tgpd_coach')):
         out.add('coach')
@@ -280,7 +288,7 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
         if stage == 'teacher':
             over['init'] = {'path': str(out / 'hd_prior' / 'hd_prior.safetensors')}
         distill = over.get('distill', {})
-        if stage == 'coach' or any(distill.get(k) for k in ('msrd_teacher', 'tgpd_teacher')):
+        if stage == 'coach' or any(distill.get(k) for k in TEACHER_TERMS):
             over['teacher'] = str(out / 'teacher' / 'teacher.safetensors')
         if any(distill.get(k) for k in ('msrd_coach', 'tgpd_coach')):
             over['coach'] = str(out / 'coach' / 'coach.safetensors')

@@ -123,6 +123,22 @@ def test_cached_and_uncached_training_give_the_same_first_batch_loss(tmp_path, s
     assert t3.train_set.cache_dir == data_dir
     assert t3.frozen_caches['teacher'].dir != frozen_dirs['teacher']
     assert t3.frozen_caches['coach'].dir == frozen_dirs['coach']
+    # ERD reads the teacher's embedding too: the entries above lack it, so they are computed again and rewritten
+    # with it (same key), and read back the same
+    erd = {**base, 'distill': {**base['distill'], 'erd_teacher': 0.1}}
+    plain_erd, _ = first_batch_losses(write(tmp_path, 'erd_plain', {**erd, 'cache': False}), tmp_path / 'f')
+    filling_erd, t4 = first_batch_losses(write(tmp_path, 'erd', {**erd, 'cache': True}), tmp_path / 'g')
+    assert t4.frozen_caches['teacher'].dir == frozen_dirs['teacher'] and t4.frozen_caches['teacher'].embedding
+    entries = [torch.load(p, weights_only=True) for p in frozen_dirs['teacher'].glob('*.pt')]
+    assert len(entries) == 2 and all('embedding' in e for e in entries)
+    cached_erd, _ = first_batch_losses(write(tmp_path, 'erd', {**erd, 'cache': True}), tmp_path / 'h')
+    assert plain_erd['erd_teacher'] > 0 and plain_erd['total'] > plain['total']
+    for k, v in plain_erd.items():
+        assert filling_erd[k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
+        assert cached_erd[k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
+    # and a run without ERD still reads the rewritten entries
+    again, _ = first_batch_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'i')
+    assert again['total'] == pytest.approx(plain['total'], rel=1e-6, abs=1e-7)
 
 
 def bn_stats(model, frozen: bool) -> dict:

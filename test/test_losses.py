@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from mapkd_core.distill import (DirectionLoss, DiscriminativeLoss, MsrdLoss, SegmentationLoss, TaskLoss, TgpdLoss,
                                 TokenGuidedPatchAttention, msrd_loss)
+from mapkd_core.distill.losses import embedding_relation_loss
 from mapkd_core.errors import ConfigError
 from mapkd_core.models import MapOutput
 
@@ -234,6 +235,62 @@ def test_msrd_all_mask_distils_every_pixel_background_included():
     expected = F.binary_cross_entropy_with_logits(student.detach(), torch.sigmoid(teacher))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert msrd_loss(student, teacher, gt).item() != pytest.approx(loss.item())
+
+
+# -------------------------------------------------------------------------------------------------------------- ERD
+def _gt_with_foreground(b, h, w, pixels):
+    gt = torch.zeros(b, 4, h, w)
+    gt[:, 0] = 1.0
+    for s, y, x in pixels:
+        gt[s, 0, y, x], gt[s, 1, y, x] = 0.0, 1.0
+    return gt
+
+
+def test_erd_by_hand_and_invariant_to_a_rotation_of_the_target():
+    """Two foreground pixels at embedding distance 1 (student) and 2 (target): (1 - 2)^2 over the 2 ordered pairs;
+    the background pixel is ignored, the distances are clamped at 3, and rotating the target's embedding space (or
+    giving it another dimension) changes nothing."""
+    gt = _gt_with_foreground(1, 1, 3, [(0, 0, 0), (0, 0, 1)])
+    student = torch.tensor([[[[0.0, 1.0, 50.0]], [[0.0, 0.0, 50.0]]]], requires_grad=True)  # (1, 2, 1, 3)
+    target = torch.tensor([[[[0.0, 2.0, -9.0]], [[0.0, 0.0, 9.0]]]])
+    loss = embedding_relation_loss(student, target, gt)
+    assert loss.item() == pytest.approx(1.0, abs=1e-3)
+    loss.backward()
+    assert torch.isfinite(student.grad).all() and student.grad[0, :, 0, 2].abs().sum() == 0  # background: no pull
+    rot = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
+    rotated = torch.einsum('ij,bjhw->bihw', rot, target)
+    assert embedding_relation_loss(student, rotated, gt).item() == pytest.approx(loss.item(), abs=1e-4)
+    wider = torch.cat([target, torch.zeros(1, 3, 1, 3)], 1)
+    assert embedding_relation_loss(student, wider, gt).item() == pytest.approx(loss.item(), abs=1e-4)
+    far = target * 10.0  # both pairs beyond the clamp on the target side: 3, against the student's 1
+    assert embedding_relation_loss(student, far, gt).item() == pytest.approx(4.0, abs=1e-3)
+
+
+def test_erd_is_zero_with_finite_gradients_when_the_relations_match_or_nothing_is_foreground():
+    gt = _gt_with_foreground(2, 4, 4, [(0, y, x) for y in range(4) for x in range(4)])
+    same = torch.zeros(2, 3, 4, 4, requires_grad=True)  # every pixel at the same point: distances 0 on both sides
+    loss = embedding_relation_loss(same, torch.zeros(2, 5, 4, 4), gt)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6) and torch.isfinite(same.grad).all()
+    none = torch.randn(1, 3, 4, 4, requires_grad=True)
+    empty = embedding_relation_loss(none, torch.randn(1, 3, 4, 4), _gt_with_foreground(1, 4, 4, []))
+    empty.backward()
+    assert empty.item() == 0.0 and none.grad is not None and none.grad.abs().sum() == 0
+
+
+def test_erd_samples_at_most_max_pixels_evenly_and_names_bad_shapes():
+    gt = _gt_with_foreground(1, 8, 8, [(0, y, x) for y in range(8) for x in range(8)])
+    student, target = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    full = embedding_relation_loss(student, target, gt, max_pixels=64)
+    assert embedding_relation_loss(student, target, gt, max_pixels=16).item() != pytest.approx(full.item())
+    assert embedding_relation_loss(student, target, gt, max_pixels=16).item() == \
+        embedding_relation_loss(student, target, gt, max_pixels=16).item()  # deterministic
+    with pytest.raises(ValueError, match='differ in batch or size'):
+        embedding_relation_loss(student, torch.randn(1, 4, 8, 7), gt)
+    with pytest.raises(ValueError, match='GT semantic'):
+        embedding_relation_loss(student, target, gt[:, :, :4])
+    with pytest.raises(ValueError, match='max_pixels must be >= 2'):
+        embedding_relation_loss(student, target, gt, max_pixels=1)
 
 
 # ------------------------------------------------------------------------------------------------------------- TGPD

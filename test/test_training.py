@@ -196,6 +196,12 @@ def test_bad_training_configs_are_named(tmp_path, data_yaml, frozen_weights):
     del bad['teacher']
     with pytest.raises(ConfigError, match='teacher: teacher distillation weights are set but no teacher'):
         load_train_config(write_cfg(tmp_path / 'a.yaml', bad))
+    erd_only = dict(bad, distill={'erd_teacher': 0.1})  # ERD needs the teacher too
+    with pytest.raises(ConfigError, match='teacher: teacher distillation weights are set but no teacher'):
+        load_train_config(write_cfg(tmp_path / 'a2.yaml', erd_only))
+    with pytest.raises(ConfigError, match=r'distill: weights must be >= 0, got msrd_coach -0\.5'):
+        load_train_config(write_cfg(tmp_path / 'a3.yaml', dict(student_cfg(data_yaml, frozen_weights),
+                                                               distill={'msrd_coach': -0.5})))
     with pytest.raises(ConfigError, match='stage teacher trains a teacher'):
         Trainer(load_train_config(write_cfg(tmp_path / 'b.yaml', {
             'stage': 'teacher', 'model': 'student_tiny', 'data': str(data_yaml)})), tmp_path / 'b', progress=False)

@@ -11,6 +11,9 @@ MSRD (:func:`msrd_loss`, :class:`MsrdLoss`): at GT foreground pixels only, the s
 channels, background included) are trained with BCE-with-logits towards the element-wise sigmoid of the teacher's (or
 coach's) logits, which are constants. No temperature, no pos_weight (method doc section 9, items 11 and 12).
 
+ERD (:func:`embedding_relation_loss`, not in the method): the student's instance-embedding distances between GT
+foreground pixels towards the teacher's (the vectorizer groups pixels by them; MSRD leaves that head alone).
+
 Loss weights of the reference scripts are module constants (see also :mod:`mapkd_core.distill.tgpd`):
 
 * coach training (``train_C.py``): task + 0.8 * TGPD(C <- T) + 0.8 * MSRD(C <- T);
@@ -40,10 +43,10 @@ from ..data.rasterize import direction_onehot
 from ..errors import ConfigError
 
 __all__ = [
-    'COACH_MSRD_WEIGHT', 'DELTA_D', 'DELTA_V', 'DIRECTION_WEIGHT', 'DIST_WEIGHT', 'GRAD_CLIP_NORM', 'POS_WEIGHT',
-    'MSRD_MASKS', 'PROB_EPS', 'SEG_WEIGHT', 'STUDENT_MSRD_COACH_WEIGHT', 'STUDENT_MSRD_COACH_WEIGHT_TRAIN_S',
-    'STUDENT_MSRD_TEACHER_WEIGHT', 'VAR_WEIGHT', 'DirectionLoss', 'DiscriminativeLoss', 'MsrdLoss', 'SegmentationLoss',
-    'TaskLoss', 'msrd_loss',
+    'COACH_MSRD_WEIGHT', 'DELTA_D', 'DELTA_V', 'DIRECTION_WEIGHT', 'DIST_WEIGHT', 'ERD_CLAMP', 'ERD_MAX_PIXELS',
+    'GRAD_CLIP_NORM', 'MSRD_MASKS', 'POS_WEIGHT', 'PROB_EPS', 'SEG_WEIGHT', 'STUDENT_MSRD_COACH_WEIGHT',
+    'STUDENT_MSRD_COACH_WEIGHT_TRAIN_S', 'STUDENT_MSRD_TEACHER_WEIGHT', 'VAR_WEIGHT', 'DirectionLoss',
+    'DiscriminativeLoss', 'MsrdLoss', 'SegmentationLoss', 'TaskLoss', 'embedding_relation_loss', 'msrd_loss',
 ]
 
 #: Task-loss defaults (method doc 5.0, HDMapNet).
@@ -295,3 +298,61 @@ class MsrdLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f'teacher_weight={self.teacher_weight}, coach_weight={self.coach_weight}, mask={self.mask}'
+
+
+#: embedding relation distillation (ERD, not in the method): pixels sampled per sample, and the distance beyond which
+#: two pixels count as "other instance" whatever the distance (the discriminative loss's push margin)
+ERD_MAX_PIXELS = 256
+ERD_CLAMP = DELTA_D
+
+
+def _pairwise_distances(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """(P, D) -> (P, P) Euclidean distances, ``sqrt(d^2 + eps)`` so the gradient stays finite at 0 (the diagonal,
+    and pixels with equal embeddings: ``torch.cdist``'s backward has no such guard)."""
+    sq = (x * x).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * x @ x.t()).clamp_min(0.0)
+    return torch.sqrt(d2 + eps)
+
+
+def embedding_relation_loss(student_embedding: Tensor, target_embedding: Tensor, gt_semantic: Tensor,
+                            max_pixels: int = ERD_MAX_PIXELS, clamp: float = ERD_CLAMP) -> Tensor:
+    """ERD (not in the method): the student's instance-embedding distances between GT foreground pixels towards the
+    target's, both clamped at ``clamp``.
+
+    MSRD distils the semantic logits only, while the vectorizer groups a class's pixels into instances by their
+    embeddings: with the teacher's embedding and direction heads the student's segmentation scores about 4 mAP more
+    (``benchmarks/bench_map_gap.py``). Embedding spaces of two models are not comparable coordinate by coordinate
+    (any rotation of one is as good), so this distils their relations: per sample, up to ``max_pixels`` GT foreground
+    pixels taken evenly over the foreground (deterministic), the (P, P) distance matrices of the student's and the
+    (detached) target's embeddings, each clamped at ``clamp`` (beyond the discriminative loss's push margin two pixels
+    are simply in different instances), and the mean squared difference over the P (P - 1) pairs. Averaged over the
+    samples with at least 2 foreground pixels; 0 (connected to the student's graph) when there is none.
+    ``student_embedding`` / ``target_embedding``: (B, D, H, W) and (B, D', H, W) (the dimensions may differ);
+    ``gt_semantic``: the (B, C, H, W) GT one-hot, channel 0 background.
+    """
+    if student_embedding.shape[0] != target_embedding.shape[0] or \
+            student_embedding.shape[2:] != target_embedding.shape[2:]:
+        raise ValueError(f'student embedding {tuple(student_embedding.shape)} and target embedding '
+                         f'{tuple(target_embedding.shape)} differ in batch or size')
+    if gt_semantic.shape[0] != student_embedding.shape[0] or gt_semantic.shape[2:] != student_embedding.shape[2:]:
+        raise ValueError(f'GT semantic {tuple(gt_semantic.shape)} does not match embedding '
+                         f'{tuple(student_embedding.shape)}')
+    if max_pixels < 2:
+        raise ValueError(f'ERD: max_pixels must be >= 2, got {max_pixels}')
+    foreground = gt_semantic.to(student_embedding.device)[:, 0] == 0  # (B, H, W)
+    s_flat = student_embedding.float().flatten(2)  # (B, D, HW)
+    t_flat = target_embedding.detach().float().to(student_embedding.device).flatten(2)
+    terms = []
+    for b in range(s_flat.shape[0]):
+        idx = foreground[b].flatten().nonzero()[:, 0]
+        if idx.numel() < 2:
+            continue
+        if idx.numel() > max_pixels:
+            idx = idx[torch.linspace(0, idx.numel() - 1, max_pixels, device=idx.device).round().long()]
+        d_s = _pairwise_distances(s_flat[b][:, idx].t()).clamp(max=clamp)
+        d_t = _pairwise_distances(t_flat[b][:, idx].t()).clamp(max=clamp)
+        off = ~torch.eye(idx.numel(), dtype=torch.bool, device=idx.device)
+        terms.append(((d_s - d_t) ** 2)[off].mean())
+    if not terms:
+        return _zero(student_embedding.float())
+    return torch.stack(terms).mean()

@@ -107,20 +107,26 @@ class CachedMapDataset(MapDataset):
 
 
 class CachedOutput:
-    """The parts of a frozen model's ``MapOutput`` that the distillation losses read."""
+    """The parts of a frozen model's ``MapOutput`` that the distillation losses read (``embedding``: only when the
+    cache keeps it, for ERD)."""
 
-    def __init__(self, semantic: torch.Tensor, bev: torch.Tensor):
+    def __init__(self, semantic: torch.Tensor, bev: torch.Tensor, embedding: torch.Tensor | None = None):
         self.semantic = semantic
         self.bev = bev
+        self.embedding = embedding
 
 
 class FrozenOutputCache:
-    """Per-sample ``semantic`` and ``bev`` outputs of one frozen model (teacher or coach) over one dataset."""
+    """Per-sample ``semantic`` and ``bev`` outputs of one frozen model (teacher or coach) over one dataset, and its
+    ``embedding`` with ``embedding=True`` (an entry without it is then computed again and rewritten with it; the
+    entries stay readable by a cache without it)."""
 
-    def __init__(self, role: str, weights: str | Path, dataset_key: str, root: str | Path | None = None):
+    def __init__(self, role: str, weights: str | Path, dataset_key: str, root: str | Path | None = None,
+                 embedding: bool = False):
         key = hashlib.sha256(json.dumps({'version': CACHE_VERSION, 'role': role, 'data': dataset_key,
                                          'weights': file_digest(weights)}).encode()).hexdigest()[:20]
         self.role = role
+        self.embedding = embedding
         self.dir = Path(root or cache_root()) / 'train-frozen' / key
         self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -136,14 +142,20 @@ class FrozenOutputCache:
             parts = [torch.load(p, map_location='cpu', weights_only=True) for p in paths]
         except Exception:  # a damaged file: recompute the batch
             return None
+        if self.embedding and not all('embedding' in p for p in parts):
+            return None
         return CachedOutput(torch.stack([p['semantic'] for p in parts]).to(device),
-                            torch.stack([p['bev'] for p in parts]).to(device))
+                            torch.stack([p['bev'] for p in parts]).to(device),
+                            torch.stack([p['embedding'] for p in parts]).to(device) if self.embedding else None)
 
     def put(self, tokens: list[str], out) -> None:
         semantic = out.semantic.detach().float().cpu()
         bev = out.bev.detach().float().cpu()
+        embedding = out.embedding.detach().float().cpu() if self.embedding else None
         for i, token in enumerate(tokens):
             entry = {'semantic': semantic[i].clone(), 'bev': bev[i].clone()}
+            if embedding is not None:
+                entry['embedding'] = embedding[i].clone()
             _atomic_write(self._path(token), lambda fh, e=entry: torch.save(e, fh))
 
 

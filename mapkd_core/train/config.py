@@ -65,10 +65,13 @@ class DistillConfig:
     #: MSRD's pixels: 'foreground' (the method: every GT foreground pixel), 'correct' (only those where the target's
     #: argmax is right) or 'all' (every pixel); the last two are not in the method
     msrd_mask: str = 'foreground'
+    #: ERD (not in the method): the student's instance-embedding distances between GT foreground pixels towards the
+    #: teacher's (``distill.losses.embedding_relation_loss``); MSRD distils the semantic head only
+    erd_teacher: float = 0.0
 
     @property
     def uses_teacher(self) -> bool:
-        return self.msrd_teacher > 0 or self.tgpd_teacher > 0
+        return self.msrd_teacher > 0 or self.tgpd_teacher > 0 or self.erd_teacher > 0
 
     @property
     def uses_coach(self) -> bool:
@@ -151,6 +154,10 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f'{where}lr: must be > 0, got {self.lr}')
         d = self.distill
+        weights = ('msrd_teacher', 'msrd_coach', 'tgpd_teacher', 'tgpd_coach', 'erd_teacher')
+        bad = [f'{k} {getattr(d, k)!r}' for k in weights if not getattr(d, k) >= 0]
+        if bad:
+            raise ConfigError(f'{where}distill: weights must be >= 0, got {", ".join(bad)}')
         if self.stage in ('teacher', 'hd_prior') and (d.uses_teacher or d.uses_coach):
             raise ConfigError(f'{where}distill: the {self.stage} stage has no distillation')
         if d.uses_teacher and not self.teacher:

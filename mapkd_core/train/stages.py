@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import DataConfig, merge, replace
 from ..distill import MsrdLoss, TaskLoss, TgpdLoss
+from ..distill.losses import embedding_relation_loss
 from ..errors import ConfigError, ConfigNotFoundError, WeightsMismatchError
 from ..models import build_model
 from ..models.blocks import describe_mismatch
@@ -111,6 +112,10 @@ class TrainModule(nn.Module):
                           coach_logits=coach_out.semantic if coach_out is not None else None)
             losses.update(m)
             total = total + m['msrd']
+        d = self.cfg.distill
+        if d.erd_teacher > 0:
+            losses['erd_teacher'] = embedding_relation_loss(out.embedding, teacher_out.embedding, batch['semantic'])
+            total = total + d.erd_teacher * losses['erd_teacher']
         if self.tgpd is not None:
             t = self.tgpd(out.bev, teacher_bev=teacher_out.bev if teacher_out is not None else None,
                           coach_bev=coach_out.bev if coach_out is not None else None)

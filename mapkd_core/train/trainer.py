@@ -80,7 +80,8 @@ class Trainer:
             key = data_key(self.train_set)
             for role, path in (('teacher', cfg.teacher), ('coach', cfg.coach)):
                 if getattr(self.stage, role) is not None:
-                    self.frozen_caches[role] = FrozenOutputCache(role, path, key)
+                    self.frozen_caches[role] = FrozenOutputCache(
+                        role, path, key, embedding=role == 'teacher' and cfg.distill.erd_teacher > 0)
         # the trained model's frozen encoder prefix (freeze_eval only), cached per sample
         blocks = self.stage.frozen_prefix_blocks() if cfg.cache else 0
         self.prefix_cache = EncoderPrefixCache(self.stage.model.encoder, blocks, key) if blocks else None
