@@ -54,8 +54,9 @@ MAPKD = {**METHOD_TGPD, 'tgpd_normalize': True, 'tgpd_kl_reduction': 'mean'}
 #: ERD's weight in the attempt rows: its gradient on the student is then about that of the discriminative loss
 #: (var and dist at 0.1 each), a third of the task loss's (measured on 8 geo_train frames, trained baseline)
 ERD_WEIGHT = 0.1
-#: the distillation weights that need the teacher
+#: the distillation weights that need the teacher, and the coach
 TEACHER_TERMS = ('msrd_teacher', 'tgpd_teacher', 'erd_teacher')
+COACH_TERMS = ('msrd_coach', 'tgpd_coach')
 #: the single-loss rows: the other loss's weights set to zero (overrides merge into the recipe's ``distill``)
 SINGLE = {
     'TGPD only (T+C)': {**MAPKD, 'msrd_teacher': 0.0, 'msrd_coach': 0.0},
@@ -127,13 +128,19 @@ def train(config: str, out: Path, overrides: dict) -> dict:
             'samples': result['steps'] * cfg.batch_size, 'config': config, 'overrides': overrides}
 
 
+def student_data_config():
+    """The data the students trained on: the baseline recipe's data config and its overrides (line widths)."""
+    from mapkd_core.config import DataConfig, from_dict, load_yaml, merge
+    from mapkd_core.paths import config_path
+    recipe = load_yaml(config_path('train/student_edge_cpu_baseline.yaml'))
+    return from_dict(DataConfig, merge(load_yaml(config_path(recipe['data'])), recipe.get('data_overrides') or {}))
+
+
 def evaluate_run(run: dict, val_frames: int, workers: int, mini_frames: int = 0) -> dict:
     """geo_val and mini_val scores of a run's weights, cached in eval.json beside them (keyed by the weights' digest
     and the evaluation settings)."""
-    from mapkd_core.config import DataConfig, from_dict, load_yaml, merge
     from mapkd_core.eval.evaluate import evaluate
     from mapkd_core.models.io import load_any
-    from mapkd_core.paths import config_path
     from mapkd_core.train.cache import file_digest
 
     weights = Path(run['weights'])
@@ -143,10 +150,7 @@ def evaluate_run(run: dict, val_frames: int, workers: int, mini_frames: int = 0)
         doc = json.loads(cached.read_text())
         if doc.get('key') == key:
             return doc['scores']
-    # the data the students trained on: the baseline recipe's data config and its overrides (line widths)
-    recipe = load_yaml(config_path('train/student_edge_cpu_baseline.yaml'))
-    data_yaml = load_yaml(config_path(recipe['data']))
-    data_cfg = from_dict(DataConfig, merge(data_yaml, recipe.get('data_overrides') or {}))
+    data_cfg = student_data_config()
     model = load_any(weights)
     scores = {}
     for split, limit in (('geo_val', val_frames or None), ('mini_val', mini_frames or None)):
@@ -212,7 +216,7 @@ def needs(folder: str, over: dict) -> set[str]:
     out = set()
     if any(distill.get(k) for k in TEACHER_TERMS):
         out.add('teacher')
-    if any(distill.get(k) for k in ('msrd_coach', 'tgpd_coach')):
+    if any(distill.get(k) for k in COACH_TERMS):
         out.add('coach')
     return out
 
@@ -291,7 +295,7 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
         distill = over.get('distill', {})
         if stage == 'coach' or any(distill.get(k) for k in TEACHER_TERMS):
             over['teacher'] = str(out / 'teacher' / 'teacher.safetensors')
-        if any(distill.get(k) for k in ('msrd_coach', 'tgpd_coach')):
+        if any(distill.get(k) for k in COACH_TERMS):
             over['coach'] = str(out / 'coach' / 'coach.safetensors')
         runs[name] = train(recipe, out / folder, over)
         folders[name] = folder

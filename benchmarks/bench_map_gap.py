@@ -72,12 +72,11 @@ def mix_model(store: HeadStore, sem: str, inst: str, cfg):
 
 
 def measure(runs: Path, student: str, val_frames: int) -> dict:
-    from mapkd_core.config import DataConfig, from_dict, load_yaml, merge
+    from benchmarks.bench_distillation import student_data_config
     from mapkd_core.data.dataset import MapDataset, spread
     from mapkd_core.errors import WeightsNotFoundError
     from mapkd_core.eval.evaluate import data_config_for, evaluate
     from mapkd_core.models.io import load_any
-    from mapkd_core.paths import config_path
 
     paths = {'T': runs / 'teacher' / 'teacher.safetensors', 'S': runs / student / 'student_edge.safetensors'}
     for role, p in paths.items():
@@ -88,8 +87,7 @@ def measure(runs: Path, student: str, val_frames: int) -> dict:
     if models['T'].cfg.grid != models['S'].cfg.grid:
         raise ValueError(f'teacher and student grids differ: {models["T"].cfg.grid} / {models["S"].cfg.grid}')
     # the students' data (the baseline recipe's line widths), loading every input the teacher reads
-    recipe = load_yaml(config_path('train/student_edge_cpu_baseline.yaml'))
-    data_cfg = from_dict(DataConfig, merge(load_yaml(config_path(recipe['data'])), recipe.get('data_overrides') or {}))
+    data_cfg = student_data_config()
     ds = MapDataset(data_config_for(models['T'], data_cfg), split='geo_val')
     if val_frames:
         ds.frames = spread(ds.frames, val_frames)
