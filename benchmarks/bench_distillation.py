@@ -18,7 +18,10 @@ Resumable: each run trains into its own folder under ``--out`` (the trainer resu
 epoch checkpoint and skips a finished one) and stores its evaluation as ``eval.json`` beside the weights, reused when
 the weights are unchanged. ``--jobs 2`` trains two rows at once, each in its own process on one core, a row starting
 as soon as the runs it needs are finished (the baselines beside the HD prior -> teacher -> coach chain); each row's
-output goes to ``<out>/<row>.log``. Budget on the 2-core development CPU: docs/training.md.
+output goes to ``<out>/<row>.log``. The tuning attempts (``ATTEMPTS``: recorded rows of the rounds of tuning) train
+only with ``--attempts`` or when named in ``--only``. ``--estimate`` trains nothing and prints the wall time a call
+would take, replaying its schedule with the seconds each row measured under ``--out``. Budget on the 2-core
+development CPU: docs/training.md.
 """
 from __future__ import annotations
 
@@ -46,11 +49,16 @@ EPOCHS = {'hd_prior': 6, 'teacher': 3, 'coach': 2, 'student': 2}
 #: the epoch after which the learning rate drops 10x (default: never within the run, i.e. the stage's epochs)
 LR_STEP = {'hd_prior': 5, 'teacher': 2}
 
-#: the distillation terms of each student row: MapKD's train_s.py weights with TGPD bounded (standardised features,
-#: the attention KL averaged over its rows), as config/train/student_edge_cpu.yaml; the coach recipe bounds TGPD the
-#: same way
+#: MapKD's train_s.py weights with TGPD bounded (standardised features, the attention KL averaged over its rows): the
+#: MapKD rows of rounds 3-6, kept as an attempt row. TGPD at these weights cost the student 11 points (round 4)
 METHOD_TGPD = {'msrd_teacher': 0.75, 'msrd_coach': 0.001, 'tgpd_teacher': 0.5, 'tgpd_coach': 0.01}
-MAPKD = {**METHOD_TGPD, 'tgpd_normalize': True, 'tgpd_kl_reduction': 'mean'}
+MAPKD_METHOD = {**METHOD_TGPD, 'tgpd_normalize': True, 'tgpd_kl_reduction': 'mean'}
+#: the MapKD rows since round 7 (config/train/student_edge_cpu.yaml): both TGPD weights at a tenth, its gradient
+#: then below the task loss's (bench_loss_balance); MSRD as the method. Round 6: MSRD + TGPD (T) at a tenth 45.0 /
+#: 41.0 against MSRD only (T) 44.4 / 42.0 (seed 0; the coach's terms of the method are 0.001 and 0.001)
+MAPKD = {**MAPKD_METHOD, 'tgpd_teacher': 0.05, 'tgpd_coach': 0.001}
+#: the teacher's MSRD of the method alone (the attempts built on it; rounds 4-6's best row)
+MSRD_T = {**MAPKD_METHOD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0}
 #: ERD's weight in the attempt rows: its gradient on the student is then about that of the discriminative loss
 #: (var and dist at 0.1 each), a third of the task loss's (measured on 8 geo_train frames, trained baseline)
 ERD_WEIGHT = 0.1
@@ -65,34 +73,33 @@ SINGLE = {
 #: tuning attempts (seed 0), each a recorded row. The method's TGPD as written (raw features, the attention KL summed
 #: over its 1 + N rows) had a gradient about 200x the task loss's and destroyed the student (docs/training.md)
 ATTEMPTS = {
+    # rounds 3-6's MapKD rows: the method's weights, TGPD bounded
+    "MapKD, the method's weights": dict(MAPKD_METHOD),
     "MapKD, method's TGPD (raw, summed KL)":
         {**METHOD_TGPD, 'tgpd_normalize': False, 'tgpd_kl_reduction': 'sum'},
     # a teacher that misses a class (the CPU teacher has no crossings) pulls the student's pixels of that class
     # towards its mistake; distil only the foreground pixels where the teacher's argmax is right (not in the method)
-    'MapKD, MSRD where the teacher is right': {**MAPKD, 'msrd_mask': 'correct'},
+    'MapKD, MSRD where the teacher is right': {**MAPKD_METHOD, 'msrd_mask': 'correct'},
     # the teacher's terms alone (the coach's weights, 0.001 MSRD and 0.01 TGPD, are under 2 % of the teacher's): they
     # need only the teacher, so they run before the coach is trained and tell which term moves the student
-    'MSRD only (T)': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0},
-    'TGPD only (T)': {**MAPKD, 'msrd_teacher': 0.0, 'msrd_coach': 0.0, 'tgpd_coach': 0.0},
+    'MSRD only (T)': dict(MSRD_T),
+    'TGPD only (T)': {**MAPKD_METHOD, 'msrd_teacher': 0.0, 'msrd_coach': 0.0, 'tgpd_coach': 0.0},
     # round 4: MSRD only (T) beat its baseline (44.0 against 40.7), TGPD only (T) lost 11 points; two ways to get
     # more from MSRD: twice its weight, and every pixel distilled (background included; not in the method)
-    'MSRD only (T) x2': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0, 'msrd_teacher': 1.5},
-    'MSRD only (T), every pixel': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0,
-                                   'msrd_mask': 'all'},
+    'MSRD only (T) x2': {**MSRD_T, 'msrd_teacher': 1.5},
+    'MSRD only (T), every pixel': {**MSRD_T, 'msrd_mask': 'all'},
     # round 5: the frozen encoder layers in eval mode (their batch norm keeps the ImageNet statistics, no
     # stochastic depth), which lets the trainer cache their output (a quarter of a student step): does it change
     # the baseline, and the MSRD student?
-    'baseline, frozen layers in eval mode': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0,
-                                             'msrd_teacher': 0.0},
-    'MSRD only (T), frozen layers in eval mode': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0,
-                                                  'msrd_coach': 0.0},
+    'baseline, frozen layers in eval mode': {**MSRD_T, 'msrd_teacher': 0.0},
+    'MSRD only (T), frozen layers in eval mode': dict(MSRD_T),
     # round 6: TGPD (bounded) at a tenth of its weight, its gradient then below the task loss's instead of 2.5x it
     # (bench_loss_balance): on top of the teacher's MSRD, and in the full MapKD recipe with the coach's terms
-    'MSRD + TGPD (T), TGPD x0.1': {**MAPKD, 'tgpd_teacher': 0.05, 'tgpd_coach': 0.0, 'msrd_coach': 0.0},
-    'MapKD, TGPD x0.1': {**MAPKD, 'tgpd_teacher': 0.05, 'tgpd_coach': 0.001},
+    # ('MapKD, TGPD x0.1', both TGPD weights at a tenth, is the MapKD rows' recipe since round 7)
+    'MSRD + TGPD (T), TGPD x0.1': {**MSRD_T, 'tgpd_teacher': 0.05},
     # round 6: the teacher's embedding and direction heads are worth about 4 mAP on the student's own segmentation
     # (bench_map_gap) and MSRD distils neither: the embedding's relations distilled too (ERD, not in the method)
-    'MSRD + ERD (T)': {**MAPKD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 0.0, 'erd_teacher': ERD_WEIGHT},
+    'MSRD + ERD (T)': {**MSRD_T, 'erd_teacher': ERD_WEIGHT},
 }
 #: attempts that change the recipe beyond ``distill``: their other overrides
 RECIPE_OVERRIDES = {name: {'freeze_eval': True} for name in ATTEMPTS if name.endswith('frozen layers in eval mode')}
@@ -185,9 +192,10 @@ def finished_run(folder: Path) -> dict | None:
     return run
 
 
-def plan(seeds: int) -> list[tuple[str, str, str, dict]]:
+def plan(seeds: int, attempts: bool = True) -> list[tuple[str, str, str, dict]]:
     """(row name, run folder, recipe, overrides) in the order they run: the frozen models first, then the students
-    seed by seed (each MapKD seed right after its baseline seed), then the single-loss rows and the tuning attempts."""
+    seed by seed (each MapKD seed right after its baseline seed), then the single-loss rows (the ablation proper ends
+    there: ``attempts=False``) and the tuning attempts."""
     rows = [('HD prior (MAE)', 'hd_prior', 'config/train/hd_prior_cpu.yaml', {}),
             ('teacher (C+L+SD+HD)', 'teacher', 'config/train/teacher_cpu.yaml', {}),
             ('coach (C+simL+SD)', 'coach', 'config/train/coach_cpu.yaml', {})]
@@ -196,10 +204,10 @@ def plan(seeds: int) -> list[tuple[str, str, str, dict]]:
                      {'seed': s}))
         rows.append((f'MapKD seed {s}', f'student_mapkd_s{s}', 'config/train/student_edge_cpu.yaml',
                      {'seed': s, 'distill': dict(MAPKD)}))
-    for name, distill in {**SINGLE, **ATTEMPTS}.items():
+    for name, distill in {**SINGLE, **(ATTEMPTS if attempts else {})}.items():
         rows.append((name, f'student_{slug(name)}', 'config/train/student_edge_cpu.yaml',
                      {'seed': 0, 'distill': dict(distill), **RECIPE_OVERRIDES.get(name, {})}))
-    for name in SEEDED_ATTEMPTS:
+    for name in SEEDED_ATTEMPTS if attempts else ():
         for s in range(1, seeds):
             rows.append((seeded_name(name, s), f'student_{slug(name)}_s{s}', 'config/train/student_edge_cpu.yaml',
                          {'seed': s, 'distill': dict(ATTEMPTS[name]), **RECIPE_OVERRIDES.get(name, {})}))
@@ -275,6 +283,54 @@ def run_parallel(out: Path, jobs: int, child_args: list[str], seeds: int, only: 
     return codes
 
 
+def row_seconds(folder: Path) -> float | None:
+    """A finished row's measured seconds: its training (summed over epochs) and its evaluation; None if unfinished."""
+    done = finished_run(folder)
+    if done is None or (folder.name != 'hd_prior' and 'scores' not in done):
+        return None
+    return done['train_seconds'] + sum(s.get('eval_seconds', 0.0) for s in done.get('scores', {}).values())
+
+
+def estimate(out: Path, seeds: int, jobs: int, attempts: bool = False) -> dict:
+    """The wall time a ``--jobs`` call would take over the ablation (with ``attempts``, the tuning rows too), from
+    the seconds each row measured in ``out``: ``run_parallel``'s schedule (plan order, a row starting when a slot is
+    free and the runs it needs are done) replayed with those durations. A row not trained in ``out`` takes the median
+    of the trained student rows that need the same frozen models, or else a part of them (a MapKD row: the students
+    of the teacher alone; the first of those filled the caches, so the median leans high); a frozen-model row or a
+    row with no student to stand in for it is an error. The rows'
+    seconds were measured under whatever else ran beside them: the estimate is as loaded as they were."""
+    rows = [(folder, over) for _, folder, _, over in plan(seeds, attempts)]
+    seconds = {f: row_seconds(out / f) for f, _ in rows}
+    measured = {f: v for f, v in seconds.items() if v is not None}
+    # the stand-ins: every trained student row under ``out``, tuning attempts included
+    students = [(v, needs(g, p)) for _, g, _, p in plan(seeds) if g.startswith('student')
+                and (v := row_seconds(out / g)) is not None]
+    for f, o in rows:
+        if f in measured:
+            continue
+        alike = (sorted(v for v, n in students if n == needs(f, o))
+                 or sorted(v for v, n in students if n and n < needs(f, o)))
+        if not f.startswith('student') or not alike:
+            raise ValueError(f'{out / f}: not trained and evaluated, and no trained row stands in for it')
+        seconds[f] = alike[len(alike) // 2]
+    clock, running, done, pending, timeline = 0.0, {}, set(), list(rows), []
+    while pending or running:
+        while len(running) < jobs:
+            ready = [(f, o) for f, o in pending if needs(f, o) <= done]
+            if not ready:
+                break
+            pending.remove(ready[0])
+            running[ready[0][0]] = clock + seconds[ready[0][0]]
+            timeline.append({'row': ready[0][0], 'start_min': clock / 60, 'minutes': seconds[ready[0][0]] / 60,
+                             'measured': ready[0][0] in measured})
+        if not running:  # something pending needs a row that is not planned
+            raise ValueError(f'rows that can never start: {[f for f, _ in pending]}')
+        folder = min(running, key=running.get)
+        clock = running.pop(folder)
+        done.add(folder)
+    return {'out': str(out), 'jobs': jobs, 'attempts': attempts, 'wall_minutes': clock / 60, 'rows': timeline}
+
+
 def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int = TRAIN_FRAMES,
         mini_frames: int = 0, only: tuple = (), write: bool = True) -> dict:
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
@@ -312,9 +368,10 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
     payload = summarize(runs, seeds, train_frames)
     if not write:  # a row of a parallel call: its parent writes the summary
         return payload
-    # complete: every planned row trained and evaluated (also by earlier calls), not just the ones of this call
+    # complete: every row of the ablation proper (the tuning attempts are extra) trained and evaluated, also by
+    # earlier calls, not just the ones of this call
     payload['complete'] = all(name in runs and (name == 'HD prior (MAE)' or 'scores' in runs[name])
-                              for name, *_ in plan(seeds))
+                              for name, *_ in plan(seeds, attempts=False))
     payload['seconds_this_call'] = time.perf_counter() - t_start
     path = write_result('distillation', payload)
     print(table(payload))
@@ -455,10 +512,15 @@ def main(argv=None):
                    help='geo_train frames every stage trains on (a small number: a quick check of the pipeline)')
     p.add_argument('--mini-frames', type=int, default=0, help='mini_val frames to evaluate (0 = all 81)')
     p.add_argument('--only', default='', help='comma-separated run folders to train / evaluate now (e.g. '
-                   'student_baseline_s0,student_baseline_s1; default: all, in order); the summary covers them only')
+                   'student_baseline_s0,student_baseline_s1; default: the ablation proper, in order, and with '
+                   '--attempts the tuning attempts after it)')
     p.add_argument('--jobs', type=int, default=1,
                    help='rows trained at once, each in its own process with cpus / jobs torch threads, as soon as '
                    'the runs they need are finished (2 on a 2-core machine: the teacher chain beside the baselines)')
+    p.add_argument('--attempts', action='store_true', help='also the tuning attempts (by default only the '
+                   'ablation proper: HD prior, teacher, coach, baseline and MapKD seeds, single-loss rows)')
+    p.add_argument('--estimate', action='store_true', help='train nothing: the wall time of this call from the '
+                   'seconds each row measured under --out (rows not trained there: the median of alike students)')
     p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)  # one row of a --jobs call
     args = p.parse_args(argv)
     only = tuple(f for f in args.only.split(',') if f)
@@ -468,6 +530,17 @@ def main(argv=None):
                 f'{", ".join(folder for _, folder, _, _ in plan(args.seeds))}')
     if args.jobs < 1:
         p.error(f'--jobs must be >= 1, got {args.jobs}')
+    if args.estimate:
+        try:
+            est = estimate(Path(args.out), args.seeds, args.jobs, args.attempts)
+        except ValueError as exc:
+            p.error(str(exc))
+        for r in est['rows']:
+            print(f'{r["start_min"]:6.0f} min  {r["row"]:<45} {r["minutes"]:5.0f} min'
+                  f'{"" if r["measured"] else "  (not trained there: median of alike students)"}')
+        print(f'wall time with --jobs {args.jobs}: {est["wall_minutes"]:.0f} min')
+        return
+    only = only or tuple(folder for _, folder, _, _ in plan(args.seeds, args.attempts))
     if args.jobs > 1 and not args.child:
         child_args = ['--out', args.out, '--seeds', str(args.seeds), '--val-frames', str(args.val_frames),
                       '--workers', str(args.workers), '--train-frames', str(args.train_frames),

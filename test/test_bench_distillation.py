@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import benchmarks.bench_distillation as bd
 
 
@@ -130,3 +132,61 @@ def test_a_row_another_call_finishes_meanwhile_is_read_again_for_the_summary(mon
     monkeypatch.setattr(bd, 'chart', lambda payload, path: path)
     payload = bd.run(tmp_path, seeds=3, val_frames=1, workers=0, only=('student_baseline_s0',))
     assert payload['runs']['coach (C+simL+SD)']['scores']['geo_val']['miou'] == 0.41
+
+
+def test_the_ablation_proper_excludes_the_tuning_attempts_and_decides_completeness():
+    """Without --attempts a call plans the issue's rows only (frozen models, baseline and MapKD seeds, single-loss
+    rows); the attempts are extra rows, trained when asked for."""
+    proper = [row for row, *_ in bd.plan(3, attempts=False)]
+    assert proper[:3] == ['HD prior (MAE)', 'teacher (C+L+SD+HD)', 'coach (C+simL+SD)']
+    assert {f'{g} seed {s}' for g in ('baseline', 'MapKD') for s in range(3)} | set(bd.SINGLE) == set(proper[3:])
+    everything = [row for row, *_ in bd.plan(3)]
+    assert everything[:len(proper)] == proper and set(bd.ATTEMPTS) <= set(everything[len(proper):])
+
+
+def _finished(folder, train_seconds: list[float], eval_seconds: float | None):
+    folder.mkdir(parents=True)
+    (folder / 'model.safetensors').write_bytes(b'x')
+    (folder / 'progress.json').write_text(json.dumps({'step': 10}))
+    (folder / 'epochs.csv').write_text('epoch,seconds\n' + ''.join(f'{i},{s}\n' for i, s in enumerate(train_seconds)))
+    if eval_seconds is not None:
+        split = {'eval_seconds': eval_seconds / 2, 'miou': 0.4, 'map': 0.4}
+        (folder / 'eval.json').write_text(json.dumps({'key': {}, 'scores': {'geo_val': split, 'mini_val': split}}))
+
+
+def test_estimate_replays_the_schedule_with_the_measured_seconds(tmp_path):
+    """The wall time of a --jobs call from the rows' measured seconds (training + evaluation): the chain in order,
+    the baselines beside it, a missing MapKD row standing in as the median of the students of the teacher."""
+    out = tmp_path / 'out'
+    _finished(out / 'hd_prior', [600.0], None)
+    _finished(out / 'teacher', [1200.0, 1200.0], 60.0)      # 41 min
+    _finished(out / 'coach', [1200.0], 60.0)                  # 21 min
+    for s in range(2):
+        _finished(out / f'student_baseline_s{s}', [300.0, 300.0], 60.0)  # 11 min
+    for name in ('student_msrd_only__t', 'student_tgpd_only__t', 'student_msrd_only__t_s1'):
+        _finished(out / name, [540.0, 540.0], 120.0)     # 20 min each: the stand-in of the MapKD rows
+    one = bd.estimate(out, seeds=2, jobs=1)
+    # every row one after the other: 10 + 41 + 21 + 2 x 11 + 4 x 20 (MapKD seeds 0-1 and the two single-loss rows)
+    assert abs(one['wall_minutes'] - (10 + 41 + 21 + 22 + 80)) < 1e-6
+    two = bd.estimate(out, seeds=2, jobs=2)
+    rows = {r['row']: r for r in two['rows']}
+    assert rows['student_baseline_s0']['start_min'] == 0 and rows['student_baseline_s1']['start_min'] == 11
+    assert rows['teacher']['start_min'] == 10 and rows['coach']['start_min'] == 51
+    assert not rows['student_mapkd_s0']['measured'] and rows['student_mapkd_s0']['minutes'] == 20
+    # after the coach (72 min) the four students that need it, two at a time
+    assert abs(two['wall_minutes'] - (72 + 40)) < 1e-6
+    (out / 'coach' / 'eval.json').unlink()  # a frozen model never stands in: an error that names it
+    with pytest.raises(ValueError, match='coach: not trained and evaluated'):
+        bd.estimate(out, seeds=2, jobs=2)
+
+
+def test_the_mapkd_rows_train_the_shipped_student_recipe():
+    """The MapKD seeds distil with the weights of config/train/student_edge_cpu.yaml (the recipe users train), and
+    the single-loss rows are that recipe with the other loss's weights at zero."""
+    from mapkd_core.config import load_yaml
+    from mapkd_core.paths import config_path
+    shipped = load_yaml(config_path('train/student_edge_cpu.yaml'))['distill']
+    assert bd.MAPKD == shipped
+    rows = {row: over for row, _, _, over in bd.plan(3, attempts=False)}
+    assert all(rows[f'MapKD seed {s}']['distill'] == shipped for s in range(3))
+    assert rows['MSRD only (T+C)']['distill'] == {**shipped, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0}
