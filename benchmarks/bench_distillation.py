@@ -297,14 +297,13 @@ def estimate(out: Path, seeds: int, jobs: int, attempts: bool = False) -> dict:
     free and the runs it needs are done) replayed with those durations. A row not trained in ``out`` takes the median
     of the trained student rows that need the same frozen models, or else a part of them (a MapKD row: the students
     of the teacher alone; the first of those filled the caches, so the median leans high); a frozen-model row or a
-    row with no student to stand in for it is an error. The rows'
-    seconds were measured under whatever else ran beside them: the estimate is as loaded as they were."""
+    row with no student to stand in for it is an error. The rows' seconds were measured under whatever else ran
+    beside them: the estimate is as loaded as they were."""
     rows = [(folder, over) for _, folder, _, over in plan(seeds, attempts)]
-    seconds = {f: row_seconds(out / f) for f, _ in rows}
-    measured = {f: v for f, v in seconds.items() if v is not None}
-    # the stand-ins: every trained student row under ``out``, tuning attempts included
-    students = [(v, needs(g, p)) for _, g, _, p in plan(seeds) if g.startswith('student')
-                and (v := row_seconds(out / g)) is not None]
+    # every planned row's folder read once; the stand-ins are all trained student rows, tuning attempts included
+    measured = {g: v for _, g, _, _ in plan(seeds) if (v := row_seconds(out / g)) is not None}
+    students = [(measured[g], needs(g, p)) for _, g, _, p in plan(seeds) if g.startswith('student') and g in measured]
+    seconds = dict(measured)
     for f, o in rows:
         if f in measured:
             continue
