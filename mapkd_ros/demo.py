@@ -403,7 +403,10 @@ def main(argv=None) -> int:
     p.add_argument('--rate', type=float, default=1.0, help='playback rate factor (default 1.0)')
     p.add_argument('--limit', type=int, default=0, help='keyframes per scene (default 0 = all, about 40)')
     p.add_argument('--draw', type=int, default=4, help='frames to render as PNG')
-    p.add_argument('--node-timeout', type=float, default=120.0, help='seconds to wait for the node to come up')
+    # 300 s: the node imports torch and ROS and builds its ONNX session; on a 2-core machine saturated by trainings
+    # that took over 120 s once (CI, 2026-12-02). A node that exits is reported at once, whatever this is.
+    p.add_argument('--node-timeout', type=float, default=300.0,
+                   help='seconds to wait for the node to come up (default 300)')
     p.add_argument('--realtime', action='store_true',
                    help='play at the bag\'s rate regardless of the node (default: each keyframe waits until the node '
                         'answered the previous one, so every frame is scored)')

@@ -161,7 +161,7 @@ def test_freeze_eval_keeps_the_frozen_batch_norm_statistics(freeze_eval, tmp_pat
     moved = [n for n, v in frozen.items() if not torch.equal(model.get_buffer(n), v)]
     assert (moved == []) if freeze_eval else (len(moved) == len(frozen))
     assert all(not torch.equal(model.get_buffer(n), v) for n, v in trainable.items())
-    assert trainer.prefix_cache is None  # cache: false
+    assert trainer.prefix_caches == {}  # cache: false
 
 
 def prefix_losses(cfg_path: Path, out: Path) -> tuple[dict, Trainer]:
@@ -182,25 +182,54 @@ def test_the_cached_frozen_encoder_prefix_gives_the_same_first_batch_loss(tmp_pa
     name = 'student_edge_cpu_baseline'
     base = recipe(name, small_data, cpu_frozen, freeze_eval=True, train_limit=2, batch_size=2)
     plain, t0 = prefix_losses(write(tmp_path, 'plain', base), tmp_path / 'a')
-    assert t0.prefix_cache is None
+    assert t0.prefix_caches == {}
     filling, t1 = prefix_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'b')
-    assert t1.prefix_cache.blocks == 5 and len(list(t1.prefix_cache.dir.glob('*.pt'))) == 2
+    c1 = t1.prefix_caches['encoder']
+    assert list(t1.prefix_caches) == ['encoder'] and c1.blocks == 5 and len(list(c1.dir.glob('*.pt'))) == 2
     cached, t2 = prefix_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'c')
-    assert t2.prefix_cache.dir == t1.prefix_cache.dir
+    assert t2.prefix_caches['encoder'].dir == c1.dir
     for k, v in plain.items():
         assert filling[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
         assert cached[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
     # the entries are what the model reads: zeroed, they change the loss
-    for path in t1.prefix_cache.dir.glob('*.pt'):
+    for path in c1.dir.glob('*.pt'):
         torch.save(torch.zeros_like(torch.load(path, weights_only=True)), path)
     zeroed, _ = prefix_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'z')
     assert zeroed['seg'] != pytest.approx(plain['seg'], rel=1e-3)
     # fewer frozen blocks: a shorter prefix under another key; without freeze_eval nothing is cached
     fewer = {**base, 'cache': True, 'freeze': base['freeze'][:-1]}
     t3 = Trainer(load_train_config(write(tmp_path, 'fewer', fewer)), tmp_path / 'd', progress=False)
-    assert t3.prefix_cache.blocks == 4 and t3.prefix_cache.dir != t1.prefix_cache.dir
+    assert t3.prefix_caches['encoder'].blocks == 4 and t3.prefix_caches['encoder'].dir != c1.dir
     t4 = Trainer(load_train_config(write(tmp_path, 'off', {**base, 'cache': True, 'freeze_eval': False})),
                  tmp_path / 'e', progress=False)
-    assert t4.prefix_cache is None
+    assert t4.prefix_caches == {}
     with pytest.raises(ConfigError, match='freeze_eval: true needs freeze'):
         load_train_config(write(tmp_path, 'bad', {**base, 'freeze': []}))
+
+
+def test_the_coach_caches_its_two_encoders_shared_prefix_with_the_same_first_batch_loss(tmp_path, small_data,
+                                                                                         cpu_frozen, monkeypatch):
+    """The coach's camera and simulated-LiDAR encoders start from the same ImageNet weights with the same frozen
+    stem and blocks 0-4 (coach_cpu.yaml, freeze_eval): one cache folder serves both, filled once per sample, and the
+    first batch's losses equal the uncached ones (the distillation terms' too). Encoders whose frozen prefixes
+    differ get a folder each."""
+    monkeypatch.setenv('MAPKD_CACHE', str(tmp_path / 'cache'))
+    base = recipe('coach_cpu', small_data, cpu_frozen, train_limit=2, batch_size=2)
+    assert base['freeze_eval'] is True  # the shipped recipe
+    plain, t0 = prefix_losses(write(tmp_path, 'plain', base), tmp_path / 'a')
+    assert t0.prefix_caches == {} and {'msrd_teacher', 'tgpd_teacher'} <= set(plain)
+    filling, t1 = prefix_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'b')
+    caches = t1.prefix_caches
+    assert sorted(caches) == ['camera.encoder', 'sim_lidar.encoder']
+    assert {c.blocks for c in caches.values()} == {5}
+    assert caches['camera.encoder'].dir == caches['sim_lidar.encoder'].dir
+    assert len(list(caches['camera.encoder'].dir.glob('*.pt'))) == 2
+    cached, _ = prefix_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'c')
+    for k, v in plain.items():
+        assert filling[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+        assert cached[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    # the simulated LiDAR's encoder with one block fewer frozen: two prefixes, two folders
+    fewer = {**base, 'cache': True, 'freeze': [f for f in base['freeze'] if f != 'sim_lidar.encoder.trunk._blocks.4.']}
+    t2 = Trainer(load_train_config(write(tmp_path, 'fewer', fewer)), tmp_path / 'd', progress=False)
+    assert t2.prefix_caches['sim_lidar.encoder'].blocks == 4 and t2.prefix_caches['camera.encoder'].blocks == 5
+    assert t2.prefix_caches['sim_lidar.encoder'].dir != t2.prefix_caches['camera.encoder'].dir

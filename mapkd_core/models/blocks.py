@@ -255,6 +255,18 @@ class CamEncoder(nn.Module):
         x = self.up(ends[-1], ends[-2])
         return self.up8(x, ends[-3]) if self.up8 is not None else x
 
+    def cameras(self, images: torch.Tensor, prefix: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Every camera of a batch: (B, N, 3, h, w) -> (B, N, C, h', w'). ``prefix``: ``(blocks, x)`` with ``x``
+        (B, N, ...) the cameras' :meth:`prefix` output (the trainer's cache of a frozen prefix); the trunk then starts
+        at block ``blocks`` and ``images`` only gives the batch shape."""
+        b, n = images.shape[:2]
+        if prefix is None:
+            feats = self(images.flatten(0, 1))
+        else:
+            blocks, x = prefix
+            feats = self(x.flatten(0, 1), start=blocks)
+        return feats.view(b, n, *feats.shape[1:])
+
 
 class ConvBev(nn.Module):
     """Three k4 s2 p1 convs (ReLU, ReLU, BN + ReLU): (B, C, H, W) -> (B, C, H/8, W/8), the TGPD / SD-fusion scale."""

@@ -54,10 +54,11 @@ class LiftSplat(nn.Module):
         pts = torch.einsum('bnij,bndhwj->bndhwi', cam_to_ego[..., :3, :3], rays)
         return pts + cam_to_ego[:, :, None, None, None, :3, 3]
 
-    def lift(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Depth distribution (B, N, D, fh, fw) and context (B, N, C, fh, fw) from (B, N, 3, h, w) images."""
+    def lift(self, images: torch.Tensor, prefix=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depth distribution (B, N, D, fh, fw) and context (B, N, C, fh, fw) from (B, N, 3, h, w) images
+        (``prefix``: the encoder's cached frozen prefix, see ``CamEncoder.cameras``)."""
         b, n = images.shape[:2]
-        x = self.depthnet(self.encoder(images.flatten(0, 1)))
+        x = self.depthnet(self.encoder.cameras(images, prefix).flatten(0, 1))
         depth = x[:, :self.depth_bins].softmax(dim=1)
         context = x[:, self.depth_bins:]
         return depth.view(b, n, *depth.shape[1:]), context.view(b, n, *context.shape[1:])
@@ -80,7 +81,8 @@ class LiftSplat(nn.Module):
         canvas = canvas[:-1]
         return canvas.view(b, h, w, -1).permute(0, 3, 1, 2)
 
-    def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, cam_to_ego: torch.Tensor) -> torch.Tensor:
-        depth, context = self.lift(images)
+    def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, cam_to_ego: torch.Tensor,
+                prefix=None) -> torch.Tensor:
+        depth, context = self.lift(images, prefix)
         bev = self.splat(depth, context, self.geometry(intrinsics, cam_to_ego))
         return self.expand(bev)

@@ -60,6 +60,11 @@ class MapModel(nn.Module):
     #: batch keys this model reads besides the cameras
     extra_inputs: tuple[str, ...] = ()
 
+    def prefix_encoders(self) -> dict[str, CamEncoder]:
+        """The camera encoders whose frozen prefix ``forward`` can take precomputed (its ``encoder_prefix``: {name:
+        (blocks, (B, N, C, h, w) tensor)}, the trainer's cache under ``freeze_eval``), by module name; none here."""
+        return {}
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -97,12 +102,9 @@ class _HdmapnetCamera(nn.Module):
         self.view = MLPViewTransformer(len(cfg.image.cameras), self.encoder.feature_hw, bv)
         self.ipm = IPM(cfg.grid, bv)
 
-    def forward(self, images: torch.Tensor, intrinsics: Optional[torch.Tensor], cam_to_ego: torch.Tensor
-                ) -> torch.Tensor:
-        b, n = images.shape[:2]
-        feats = self.encoder(images.flatten(0, 1))
-        feats = feats.view(b, n, *feats.shape[1:])
-        return self.ipm(self.view(feats), cam_to_ego)
+    def forward(self, images: torch.Tensor, intrinsics: Optional[torch.Tensor], cam_to_ego: torch.Tensor,
+                prefix=None) -> torch.Tensor:
+        return self.ipm(self.view(self.encoder.cameras(images, prefix)), cam_to_ego)
 
 
 class _GroundCamera(nn.Module):
@@ -115,13 +117,11 @@ class _GroundCamera(nn.Module):
         self.sampler = GroundSampler(cfg.grid, (cfg.image.height, cfg.image.width))
         self.grid_hw = tuple(cfg.grid.shape)
 
-    def forward(self, images: torch.Tensor, intrinsics: Optional[torch.Tensor], cam_to_ego: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, intrinsics: Optional[torch.Tensor], cam_to_ego: torch.Tensor,
+                prefix=None) -> torch.Tensor:
         if intrinsics is None:
             raise ValueError('the ground view transform needs the camera intrinsics')
-        b, n = images.shape[:2]
-        feats = self.encoder(images.flatten(0, 1))
-        feats = feats.view(b, n, *feats.shape[1:])
+        feats = self.encoder.cameras(images, prefix)
         return F.interpolate(self.sampler(feats, intrinsics, cam_to_ego), size=self.grid_hw, mode='bilinear',
                              align_corners=False)
 
@@ -156,8 +156,8 @@ class _PriorFusedModel(MapModel):
         else:
             self.decoder = BevDecoder(cfg.bev_channels, cfg.decoder, self.head_channels)
 
-    def lidar_bev(self, **inputs) -> torch.Tensor:
-        raise NotImplementedError
+    def prefix_encoders(self) -> dict[str, CamEncoder]:
+        return {'camera.encoder': self.camera.encoder}
 
     def _fuse(self, camera_bev, lidar_bev, sd_prior, lidar_name: str) -> MapOutput:
         fused = torch.cat([camera_bev, lidar_bev], dim=1)
@@ -180,12 +180,14 @@ class Teacher(_PriorFusedModel):
         from .pointpillars import PointPillarsEncoder
         self.pillars = PointPillarsEncoder(cfg.grid, cfg.pillars, out_channels=cfg.lidar_channels)
 
-    def forward(self, images, intrinsics, cam_to_ego, lidar=None, lidar_mask=None, sd_prior=None) -> MapOutput:
+    def forward(self, images, intrinsics, cam_to_ego, lidar=None, lidar_mask=None, sd_prior=None,
+                encoder_prefix=None) -> MapOutput:
         self._check_cameras(images)
         if lidar is None or lidar_mask is None or sd_prior is None:
             raise ValueError('teacher needs lidar, lidar_mask and sd_prior')
-        return self._fuse(self.camera(images, intrinsics, cam_to_ego), self.pillars(lidar, lidar_mask), sd_prior,
-                          'lidar_bev')
+        prefix = encoder_prefix or {}
+        return self._fuse(self.camera(images, intrinsics, cam_to_ego, prefix.get('camera.encoder')),
+                          self.pillars(lidar, lidar_mask), sd_prior, 'lidar_bev')
 
 
 class Coach(_PriorFusedModel):
@@ -197,11 +199,18 @@ class Coach(_PriorFusedModel):
         from .lss import LiftSplat
         self.sim_lidar = LiftSplat(cfg.grid, cfg.image, cfg.lss, out_channels=cfg.lidar_channels)
 
-    def forward(self, images, intrinsics, cam_to_ego, lidar=None, lidar_mask=None, sd_prior=None) -> MapOutput:
+    def prefix_encoders(self) -> dict[str, CamEncoder]:
+        # with the same frozen prefix (both from ImageNet, freeze_eval) the two share one cache entry per sample
+        return {**super().prefix_encoders(), 'sim_lidar.encoder': self.sim_lidar.encoder}
+
+    def forward(self, images, intrinsics, cam_to_ego, lidar=None, lidar_mask=None, sd_prior=None,
+                encoder_prefix=None) -> MapOutput:
         self._check_cameras(images)
         if sd_prior is None:
             raise ValueError('coach needs sd_prior')
-        return self._fuse(self.camera(images, intrinsics, cam_to_ego), self.sim_lidar(images, intrinsics, cam_to_ego),
+        prefix = encoder_prefix or {}
+        return self._fuse(self.camera(images, intrinsics, cam_to_ego, prefix.get('camera.encoder')),
+                          self.sim_lidar(images, intrinsics, cam_to_ego, prefix.get('sim_lidar.encoder')),
                           sd_prior, 'sim_lidar_bev')
 
 
@@ -231,9 +240,6 @@ class EdgeStudent(MapModel):
     """Our edge student: EfficientNet (Lite0 in its configs; stride-8 output) -> ground sampler + BEV coords -> light
     BEV neck with full-resolution heads (see models/edge.py)."""
 
-    #: ``forward`` takes a precomputed ``encoder_prefix`` (the trainer's cache of a frozen encoder prefix)
-    accepts_encoder_prefix = True
-
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.encoder = CamEncoder(cfg.encoder, (cfg.image.height, cfg.image.width))
@@ -247,17 +253,16 @@ class EdgeStudent(MapModel):
         self.register_buffer('bev_coords', torch.stack([xs, ys])[None], persistent=False)
         self.neck = EdgeNeck(cfg.encoder.out_channels + 2, neck_cfg, self.head_channels)
 
+    def prefix_encoders(self) -> dict[str, CamEncoder]:
+        return {'encoder': self.encoder}
+
     def forward(self, images, intrinsics=None, cam_to_ego=None, lidar=None, lidar_mask=None,
-                sd_prior=None, encoder_prefix=None, prefix_blocks: int = 0) -> MapOutput:
-        """``encoder_prefix`` (B, N, C, h, w): the encoder's ``prefix(images, prefix_blocks)`` per camera, computed
-        (and cached) by the trainer when that part is frozen; the encoder then starts at block ``prefix_blocks``."""
+                sd_prior=None, encoder_prefix=None) -> MapOutput:
+        """``encoder_prefix``: ``{'encoder': (blocks, x)}`` with ``x`` (B, N, C, h, w) the encoder's ``prefix(images,
+        blocks)`` per camera, computed (and cached) by the trainer when that part is frozen."""
         self._check_cameras(images)
-        b, n = images.shape[:2]
-        if encoder_prefix is not None:
-            feats = self.encoder(encoder_prefix.flatten(0, 1), start=prefix_blocks)
-        else:
-            feats = self.encoder(images.flatten(0, 1))
-        feats = feats.view(b, n, *feats.shape[1:])
+        b = images.shape[0]
+        feats = self.encoder.cameras(images, (encoder_prefix or {}).get('encoder'))
         bev = self.sampler(feats, intrinsics, cam_to_ego)
         bev = torch.cat([bev, self.bev_coords.expand(b, -1, -1, -1)], dim=1)
         heads, bev_small = self.neck(bev, self.cfg.grid.shape)

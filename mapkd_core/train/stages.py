@@ -199,14 +199,14 @@ class Stage:
                 if params and not any(p.requires_grad for p in params):
                     m.eval()
 
-    def frozen_prefix_blocks(self) -> int:
-        """How many encoder blocks (after the stem) form a frozen prefix the trainer may cache: with
-        ``freeze_eval`` on a model that takes ``encoder_prefix``, the stem and the leading blocks whose
-        parameters are all frozen, at most up to the first endpoint the encoder fuses; 0 when there is none."""
-        model = self.model
-        if not (self.cfg.freeze_eval and getattr(model, 'accepts_encoder_prefix', False)):
-            return 0
-        return model.encoder.frozen_prefix_blocks()
+    def frozen_prefixes(self) -> dict[str, int]:
+        """The trained model's camera encoders with a frozen prefix the trainer may cache, {module name: blocks}:
+        with ``freeze_eval``, each of the model's ``prefix_encoders`` whose stem and leading blocks have all their
+        parameters frozen (at most up to the first endpoint it fuses); empty without ``freeze_eval``."""
+        if not self.cfg.freeze_eval:
+            return {}
+        blocks = {name: enc.frozen_prefix_blocks() for name, enc in self.model.prefix_encoders().items()}
+        return {name: n for name, n in blocks.items() if n}
 
     @torch.no_grad()
     def frozen_outputs(self, batch: dict):

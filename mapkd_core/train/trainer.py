@@ -82,9 +82,11 @@ class Trainer:
                 if getattr(self.stage, role) is not None:
                     self.frozen_caches[role] = FrozenOutputCache(
                         role, path, key, embedding=role == 'teacher' and cfg.distill.erd_teacher > 0)
-        # the trained model's frozen encoder prefix (freeze_eval only), cached per sample
-        blocks = self.stage.frozen_prefix_blocks() if cfg.cache else 0
-        self.prefix_cache = EncoderPrefixCache(self.stage.model.encoder, blocks, key) if blocks else None
+        # the trained model's frozen encoder prefixes (freeze_eval only), cached per sample; encoders with the same
+        # frozen prefix (the coach's two) share one folder, and one computation per batch (model_input)
+        encoders = self.stage.model.prefix_encoders()
+        self.prefix_caches = {name: EncoderPrefixCache(encoders[name], blocks, key)
+                              for name, blocks in (self.stage.frozen_prefixes() if cfg.cache else {}).items()}
         if cfg.train_limit:
             self.train_set.frames = spread(self.train_set.frames, cfg.train_limit)
         self.val_set = None
@@ -222,11 +224,14 @@ class Trainer:
     def model_input(self, batch: dict, generator: torch.Generator | None) -> dict | None:
         """The stage's model input (see ``Stage.model_input``); with a prefix cache, the batch's inputs plus the
         cached output of the frozen encoder prefix."""
-        if self.prefix_cache is None:
+        if not self.prefix_caches:
             return self.stage.model_input(batch, generator)
-        model = self.stage.model
-        return {**{k: batch[k] for k in model.inputs}, 'prefix_blocks': self.prefix_cache.blocks,
-                'encoder_prefix': self.prefix_cache(batch['token'], batch['images'])}
+        shared: dict[Path, torch.Tensor] = {}
+        for cache in self.prefix_caches.values():
+            if cache.dir not in shared:
+                shared[cache.dir] = cache(batch['token'], batch['images'])
+        return {**{k: batch[k] for k in self.stage.model.inputs},
+                'encoder_prefix': {name: (c.blocks, shared[c.dir]) for name, c in self.prefix_caches.items()}}
 
     @torch.no_grad()
     def frozen_outputs(self, batch: dict):
@@ -293,9 +298,10 @@ class Trainer:
             (self.out / 'train_config.yaml').write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             if self.stage.init_report and self.progress:
                 print(f'initialised {self.stage.init_report["loaded"]} tensors from {cfg.init.path}')
-            if self.prefix_cache is not None and self.progress:
-                print(f'the frozen encoder prefix (stem + {self.prefix_cache.blocks} blocks, eval mode) is cached in '
-                      f'{self.prefix_cache.dir}')
+            if self.progress:
+                for name, cache in self.prefix_caches.items():
+                    print(f'the frozen prefix of {name} (stem + {cache.blocks} blocks, eval mode) is cached in '
+                          f'{cache.dir}')
         t_start = time.perf_counter()
         while self.epoch < cfg.epochs:
             e = self.epoch
