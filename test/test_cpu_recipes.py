@@ -211,7 +211,8 @@ def test_the_coach_caches_its_two_encoders_shared_prefix_with_the_same_first_bat
                                                                                          cpu_frozen, monkeypatch):
     """The coach's camera and simulated-LiDAR encoders start from the same ImageNet weights with the same frozen
     stem and blocks 0-4 (coach_cpu.yaml, freeze_eval): one cache folder serves both, filled once per sample, and the
-    first batch's losses equal the uncached ones (the distillation terms' too). Encoders whose frozen prefixes
+    first batch's losses equal the uncached ones (the distillation terms are computed too, though zero with this
+    untrained teacher), and zeroed entries change them (the coach reads the cache). Encoders whose frozen prefixes
     differ get a folder each."""
     monkeypatch.setenv('MAPKD_CACHE', str(tmp_path / 'cache'))
     base = recipe('coach_cpu', small_data, cpu_frozen, train_limit=2, batch_size=2)
@@ -228,6 +229,10 @@ def test_the_coach_caches_its_two_encoders_shared_prefix_with_the_same_first_bat
     for k, v in plain.items():
         assert filling[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
         assert cached[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    for path in caches['camera.encoder'].dir.glob('*.pt'):
+        torch.save(torch.zeros_like(torch.load(path, weights_only=True)), path)
+    zeroed, _ = prefix_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'z')
+    assert zeroed['seg'] != pytest.approx(plain['seg'], rel=1e-3)
     # the simulated LiDAR's encoder with one block fewer frozen: two prefixes, two folders
     fewer = {**base, 'cache': True, 'freeze': [f for f in base['freeze'] if f != 'sim_lidar.encoder.trunk._blocks.4.']}
     t2 = Trainer(load_train_config(write(tmp_path, 'fewer', fewer)), tmp_path / 'd', progress=False)
