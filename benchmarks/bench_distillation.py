@@ -443,9 +443,12 @@ def table(payload: dict) -> str:
             if group in g:
                 row = g[group]
 
-                def ms(d):
-                    return f'{100 * d["mean"]:.1f} +- {100 * d["std"]:.1f}'
-                out.append(f'| **{group}, mean +- std of {row["miou"]["n"]} seeds** | {ms(row["iou"]["divider"])} | '
+                n = row['miou']['n']
+
+                def ms(d):  # one seed has no spread: its value alone
+                    return f'{100 * d["mean"]:.1f}' + (f' +- {100 * d["std"]:.1f}' if n > 1 else '')
+                label = f'mean +- std of {_seeds(n)}' if n > 1 else _seeds(n)
+                out.append(f'| **{group}, {label}** | {ms(row["iou"]["divider"])} | '
                            f'{ms(row["iou"]["ped_crossing"])} | {ms(row["iou"]["boundary"])} | {ms(row["miou"])} | '
                            f'{ms(row["map"])} |')
         for group, vs in g.get('versus_baseline', {}).items():
@@ -453,9 +456,13 @@ def table(payload: dict) -> str:
                 above = sum(p['above_baseline_miou'] for p in vs['pairs'])
                 out.append('')
                 out.append(f'{group} / baseline: mIoU x{vs["ratio_miou"]:.2f}, mAP x{vs["ratio_map"]:.2f}; above its '
-                           f'paired baseline seed in {above} of {len(vs["pairs"])} seeds')
+                           f'paired baseline seed in {above} of {_seeds(len(vs["pairs"]))}')
         out.append('')
     return '\n'.join(out)
+
+
+def _seeds(n: int) -> str:
+    return f'{n} seed' if n == 1 else f'{n} seeds'
 
 
 def chart(payload: dict, path: Path) -> Path:
@@ -479,7 +486,7 @@ def chart(payload: dict, path: Path) -> Path:
             map_err.append(0)
         for group in GROUPS:
             if group in g:
-                names.append(f'{group} ({g[group]["miou"]["n"]} seeds)')
+                names.append(f'{group} ({_seeds(g[group]["miou"]["n"])})')
                 miou.append(100 * g[group]['miou']['mean'])
                 miou_err.append(100 * g[group]['miou']['std'])
                 mAP.append(100 * g[group]['map']['mean'])
@@ -520,6 +527,8 @@ def main(argv=None):
                    'ablation proper: HD prior, teacher, coach, baseline and MapKD seeds, single-loss rows)')
     p.add_argument('--estimate', action='store_true', help='train nothing: the wall time of this call from the '
                    'seconds each row measured under --out (rows not trained there: the median of alike students)')
+    p.add_argument('--summary', action='store_true', help='train nothing: the JSON, table and chart of the rows '
+                   'already trained and evaluated under --out')
     p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)  # one row of a --jobs call
     args = p.parse_args(argv)
     only = tuple(f for f in args.only.split(',') if f)
@@ -538,6 +547,13 @@ def main(argv=None):
             print(f'{r["start_min"]:6.0f} min  {r["row"]:<45} {r["minutes"]:5.0f} min'
                   f'{"" if r["measured"] else "  (not trained there: median of alike students)"}')
         print(f'wall time with --jobs {args.jobs}: {est["wall_minutes"]:.0f} min')
+        return
+    if args.summary:
+        if not Path(args.out).is_dir():
+            p.error(f'--summary: no run folder {args.out}')
+        # '-' names no row: every row is read back from its folder, none is trained
+        run(Path(args.out), args.seeds, args.val_frames, args.workers, args.train_frames, args.mini_frames,
+            only=('-',))
         return
     only = only or tuple(folder for _, folder, _, _ in plan(args.seeds, args.attempts))
     if args.jobs > 1 and not args.child:

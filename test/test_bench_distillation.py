@@ -190,3 +190,30 @@ def test_the_mapkd_rows_train_the_shipped_student_recipe():
     rows = {row: over for row, _, _, over in bd.plan(3, attempts=False)}
     assert all(rows[f'MapKD seed {s}']['distill'] == shipped for s in range(3))
     assert rows['MSRD only (T+C)']['distill'] == {**shipped, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0}
+
+
+def test_summary_trains_nothing_and_tabulates_the_finished_rows(monkeypatch, tmp_path, capsys):
+    """``--summary``: the table of the rows found finished under --out, nothing trained or evaluated; a group of one
+    seed has no spread to show."""
+    out = tmp_path / 'out'
+    for folder, miou in (('student_baseline_s0', 0.40), ('student_mapkd_s0', 0.44)):
+        (out / folder).mkdir(parents=True)
+        (out / folder / 'student_edge.safetensors').write_bytes(b'x')
+        (out / folder / 'progress.json').write_text(json.dumps({'step': 1200}))
+        (out / folder / 'eval.json').write_text(json.dumps({'key': {}, **_scores(miou, miou)}))
+
+    def refuse(*a, **k):
+        raise AssertionError('--summary must not train or evaluate')
+    monkeypatch.setattr(bd, 'train', refuse)
+    monkeypatch.setattr(bd, 'evaluate_run', refuse)
+    written = {}
+    monkeypatch.setattr(bd, 'write_result', lambda name, payload: written.setdefault(name, payload) and
+                        tmp_path / f'{name}.json')
+    monkeypatch.setattr(bd, 'chart', lambda payload, path: path)
+    bd.main(['--out', str(out), '--summary'])
+    text = capsys.readouterr().out
+    assert '| **MapKD, 1 seed** | 44.0 | 44.0 | 44.0 | 44.0 | 44.0 |' in text
+    assert 'MapKD / baseline: mIoU x1.10, mAP x1.10; above its paired baseline seed in 1 of 1 seed' in text
+    assert written['distillation']['complete'] is False
+    with pytest.raises(SystemExit):
+        bd.main(['--out', str(tmp_path / 'missing'), '--summary'])
