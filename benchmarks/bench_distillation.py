@@ -548,12 +548,14 @@ def main(argv=None):
                   f'{"" if r["measured"] else "  (not trained there: median of alike students)"}')
         print(f'wall time with --jobs {args.jobs}: {est["wall_minutes"]:.0f} min')
         return
+    def summary():  # '-' names no row: every row is read back from its folder, none is trained or evaluated
+        run(Path(args.out), args.seeds, args.val_frames, args.workers, args.train_frames, args.mini_frames,
+            only=('-',))
+
     if args.summary:
         if not Path(args.out).is_dir():
             p.error(f'--summary: no run folder {args.out}')
-        # '-' names no row: every row is read back from its folder, none is trained
-        run(Path(args.out), args.seeds, args.val_frames, args.workers, args.train_frames, args.mini_frames,
-            only=('-',))
+        summary()
         return
     only = only or tuple(folder for _, folder, _, _ in plan(args.seeds, args.attempts))
     if args.jobs > 1 and not args.child:
@@ -561,9 +563,7 @@ def main(argv=None):
                       '--workers', str(args.workers), '--train-frames', str(args.train_frames),
                       '--mini-frames', str(args.mini_frames)]
         codes = run_parallel(Path(args.out), args.jobs, child_args, args.seeds, only)
-        # the summary over every finished row (none is trained again: each is read back from its folder)
-        run(Path(args.out), args.seeds, args.val_frames, args.workers, args.train_frames, args.mini_frames,
-            only=('-',))
+        summary()  # over every finished row
         bad = sorted(f for f, c in codes.items() if c != 0)
         if bad:
             print(f'not finished: {", ".join(bad)} (logs under {args.out})')

@@ -207,8 +207,11 @@ def test_summary_trains_nothing_and_tabulates_the_finished_rows(monkeypatch, tmp
     monkeypatch.setattr(bd, 'train', refuse)
     monkeypatch.setattr(bd, 'evaluate_run', refuse)
     written = {}
-    monkeypatch.setattr(bd, 'write_result', lambda name, payload: written.setdefault(name, payload) and
-                        tmp_path / f'{name}.json')
+
+    def write_result(name, payload):
+        written[name] = payload
+        return tmp_path / f'{name}.json'
+    monkeypatch.setattr(bd, 'write_result', write_result)
     monkeypatch.setattr(bd, 'chart', lambda payload, path: path)
     bd.main(['--out', str(out), '--summary'])
     text = capsys.readouterr().out
