@@ -62,8 +62,11 @@ MSRD_T = {**MAPKD_METHOD, 'tgpd_teacher': 0.0, 'tgpd_coach': 0.0, 'msrd_coach': 
 #: ERD's weight in the attempt rows: its gradient on the student is then about that of the discriminative loss
 #: (var and dist at 0.1 each), a third of the task loss's (measured on 8 geo_train frames, trained baseline)
 ERD_WEIGHT = 0.1
+#: IRD's weight in the attempt rows: that of the discriminative and direction task terms it works with (0.1 each);
+#: not yet balanced by gradient (bench_loss_balance reports IRD's parts once a teacher is trained)
+IRD_WEIGHT = 0.1
 #: the distillation weights that need the teacher, and the coach
-TEACHER_TERMS = ('msrd_teacher', 'tgpd_teacher', 'erd_teacher')
+TEACHER_TERMS = ('msrd_teacher', 'tgpd_teacher', 'erd_teacher', 'ird_teacher')
 COACH_TERMS = ('msrd_coach', 'tgpd_coach')
 #: the single-loss rows: the other loss's weights set to zero (overrides merge into the recipe's ``distill``)
 SINGLE = {
@@ -100,6 +103,11 @@ ATTEMPTS = {
     # round 6: the teacher's embedding and direction heads are worth about 4 mAP on the student's own segmentation
     # (bench_map_gap) and MSRD distils neither: the embedding's relations distilled too (ERD, not in the method)
     'MSRD + ERD (T)': {**MSRD_T, 'erd_teacher': ERD_WEIGHT},
+    # round 10: ERD made the student worse, and MapKD's mAP falls further behind its baseline's with training (x0.99
+    # at 1,200 steps, x0.94 at 2,400): the teacher's embedding and direction regressed pixel by pixel where its
+    # segmentation is right (IRD, not in the method), on top of the MapKD recipe and of the teacher's MSRD alone
+    'MapKD + IRD (T)': {**MAPKD, 'ird_teacher': IRD_WEIGHT},
+    'MSRD + IRD (T)': {**MSRD_T, 'ird_teacher': IRD_WEIGHT},
 }
 #: attempts that change the recipe beyond ``distill``: their other overrides
 RECIPE_OVERRIDES = {name: {'freeze_eval': True} for name in ATTEMPTS if name.endswith('frozen layers in eval mode')}

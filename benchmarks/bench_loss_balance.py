@@ -1,5 +1,6 @@
 """How strongly each distillation term pulls on the student: gradient norms of the task loss, MSRD and TGPD (the
-method's form and the bounded one) with respect to the student's trainable parameters (a measurement, not a test).
+method's form and the bounded one), and of IRD's two parts (unweighted, beside the weighted discriminative loss
+they work with), with respect to the student's trainable parameters (a measurement, not a test).
 
 On a few ``geo_train`` batches of the CPU recipes, with a trained student and the frozen teacher and coach of the
 ablation (``benchmarks/bench_distillation.py``), it reports per batch and as medians: each term's value and the L2 norm
@@ -42,6 +43,7 @@ def measure(runs: Path, student: str, batches: int, seed: int = 0) -> dict:
     import torch
     from safetensors.torch import load_file
 
+    from mapkd_core.distill.losses import instance_response_loss
     from mapkd_core.distill.tgpd import TgpdLoss
     from mapkd_core.errors import WeightsNotFoundError
     from mapkd_core.train.config import load_train_config
@@ -59,7 +61,8 @@ def measure(runs: Path, student: str, batches: int, seed: int = 0) -> dict:
     coach_w = {'msrd_coach': 0.001, 'tgpd_coach': 0.01} if with_coach else {'msrd_coach': 0.0, 'tgpd_coach': 0.0}
     over = {'seed': seed, 'train_limit': 1200, 'workers': 0, 'val_every': 0, 'teacher': str(paths['teacher']),
             'coach': str(paths['coach']) if with_coach else None,
-            'distill': {'msrd_teacher': 0.75, 'tgpd_teacher': 0.5, **coach_w}}
+            # ird_teacher only makes the trainer's teacher cache keep the embedding and direction heads
+            'distill': {'msrd_teacher': 0.75, 'tgpd_teacher': 0.5, 'ird_teacher': 0.1, **coach_w}}
     cfg = load_train_config('config/train/student_edge_cpu.yaml', over)
     import tempfile
     trainer = Trainer(cfg, Path(tempfile.mkdtemp(prefix='mapkd-loss-balance-')), progress=False)
@@ -80,8 +83,15 @@ def measure(runs: Path, student: str, batches: int, seed: int = 0) -> dict:
         out = model.forward_batch(batch)
         pulls.append(msrd_pull(out.semantic.detach(), teacher.semantic, batch['semantic']))
         row = {}
-        task = module.task(out, batch)['total']
+        terms = module.task(out, batch)
+        task = terms['total']
         row['task'] = {'value': task.item(), 'grad': grad_norm(task, params)}
+        disc = module.task.weights['var'] * terms['var'] + module.task.weights['dist'] * terms['dist']
+        row['discriminative (weighted)'] = {'value': disc.item(), 'grad': grad_norm(disc, params)}
+        ird = instance_response_loss(out.embedding, out.direction, teacher.embedding, teacher.direction,
+                                     teacher.semantic, batch['semantic'])
+        for part, value in ird.items():
+            row[f'ird teacher: {part}'] = {'value': value.item(), 'grad': grad_norm(value, params)}
         msrd = module.msrd(out.semantic, batch['semantic'], teacher_logits=teacher.semantic,
                            coach_logits=coach.semantic if coach is not None else None)['msrd']
         row['msrd (weighted)'] = {'value': msrd.item(), 'grad': grad_norm(msrd, params)}

@@ -128,7 +128,8 @@ def test_cached_and_uncached_training_give_the_same_first_batch_loss(tmp_path, s
     erd = {**base, 'distill': {**base['distill'], 'erd_teacher': 0.1}}
     plain_erd, _ = first_batch_losses(write(tmp_path, 'erd_plain', {**erd, 'cache': False}), tmp_path / 'f')
     filling_erd, t4 = first_batch_losses(write(tmp_path, 'erd', {**erd, 'cache': True}), tmp_path / 'g')
-    assert t4.frozen_caches['teacher'].dir == frozen_dirs['teacher'] and t4.frozen_caches['teacher'].embedding
+    assert t4.frozen_caches['teacher'].dir == frozen_dirs['teacher'] and t4.frozen_caches['teacher'].heads == \
+        ('embedding',)
     entries = [torch.load(p, weights_only=True) for p in frozen_dirs['teacher'].glob('*.pt')]
     assert len(entries) == 2 and all('embedding' in e for e in entries)
     cached_erd, _ = first_batch_losses(write(tmp_path, 'erd', {**erd, 'cache': True}), tmp_path / 'h')
@@ -139,6 +140,20 @@ def test_cached_and_uncached_training_give_the_same_first_batch_loss(tmp_path, s
     # and a run without ERD still reads the rewritten entries
     again, _ = first_batch_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'i')
     assert again['total'] == pytest.approx(plain['total'], rel=1e-6, abs=1e-7)
+    # IRD reads the teacher's direction as well: rewritten once more, and the same loss cached and uncached (the
+    # untrained tiny teacher is right nowhere, so IRD here reads every GT foreground pixel)
+    ird = {**base, 'distill': {**base['distill'], 'ird_teacher': 0.1, 'ird_mask': 'foreground'}}
+    plain_ird, _ = first_batch_losses(write(tmp_path, 'ird_plain', {**ird, 'cache': False}), tmp_path / 'j')
+    filling_ird, t5 = first_batch_losses(write(tmp_path, 'ird', {**ird, 'cache': True}), tmp_path / 'k')
+    assert t5.frozen_caches['teacher'].heads == ('embedding', 'direction')
+    entries = [torch.load(p, weights_only=True) for p in frozen_dirs['teacher'].glob('*.pt')]
+    assert len(entries) == 2 and all({'embedding', 'direction'} <= set(e) for e in entries)
+    cached_ird, _ = first_batch_losses(write(tmp_path, 'ird', {**ird, 'cache': True}), tmp_path / 'l')
+    assert plain_ird['ird_embedding'] > 0 and plain_ird['ird_direction'] > 0
+    assert plain_ird['total'] == pytest.approx(plain['total'] + 0.1 * plain_ird['ird_teacher'], rel=1e-5)
+    for k, v in plain_ird.items():
+        assert filling_ird[k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
+        assert cached_ird[k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
 
 
 def bn_stats(model, frozen: bool) -> dict:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from mapkd_core.distill import (DirectionLoss, DiscriminativeLoss, MsrdLoss, SegmentationLoss, TaskLoss, TgpdLoss,
                                 TokenGuidedPatchAttention, msrd_loss)
-from mapkd_core.distill.losses import embedding_relation_loss
+from mapkd_core.distill.losses import embedding_relation_loss, instance_response_loss
 from mapkd_core.errors import ConfigError
 from mapkd_core.models import MapOutput
 
@@ -291,6 +291,59 @@ def test_erd_samples_at_most_max_pixels_evenly_and_names_bad_shapes():
         embedding_relation_loss(student, target, gt[:, :, :4])
     with pytest.raises(ValueError, match='max_pixels must be >= 2'):
         embedding_relation_loss(student, target, gt, max_pixels=1)
+
+
+# -------------------------------------------------------------------------------------------------------------- IRD
+def _semantic_logits(gt, right):
+    """Target semantic logits whose argmax is the GT class where ``right`` (B, H, W) and background elsewhere."""
+    logits = torch.where(gt > 0, 5.0, -5.0)
+    wrong = torch.full_like(logits, -5.0)
+    wrong[:, 0] = 5.0
+    return torch.where(right[:, None], logits, wrong)
+
+
+def test_ird_by_hand_at_the_pixels_where_the_target_is_right():
+    """Three GT foreground pixels, the target right at two: the embedding MSE and the direction KL over those two
+    only; the background pixel and the pixel the target gets wrong pull nothing."""
+    gt = _gt_with_foreground(1, 1, 4, [(0, 0, 0), (0, 0, 1), (0, 0, 2)])
+    right = torch.tensor([[[True, True, False, True]]])
+    target_logits = _semantic_logits(gt, right)
+    s_emb = torch.tensor([[[[0.0, 1.0, 7.0, 9.0]], [[0.0, 0.0, 7.0, 9.0]]]], requires_grad=True)  # (1, 2, 1, 4)
+    t_emb = torch.tensor([[[[1.0, 1.0, -7.0, -9.0]], [[0.0, 2.0, -7.0, -9.0]]]])
+    s_dir = torch.zeros(1, 3, 1, 4, requires_grad=True)  # uniform over 3 bins
+    t_dir = torch.zeros(1, 3, 1, 4)
+    t_dir[0, 0, 0, 1] = math.log(4.0)  # (4, 1, 1) / 6 at pixel 1, uniform at pixel 0
+    out = instance_response_loss(s_emb, s_dir, t_emb, t_dir, target_logits, gt)
+    assert out['embedding'].item() == pytest.approx((1.0 + 4.0) / 4)  # (0-1)^2 and (0-2)^2 over 2 pixels x 2 dims
+    p = torch.tensor([4.0, 1.0, 1.0]) / 6
+    kl = float((p * (p / (1.0 / 3)).log()).sum())
+    assert out['direction'].item() == pytest.approx(kl / 2, rel=1e-5)  # pixel 0 adds 0
+    (out['embedding'] + out['direction']).backward()
+    assert s_emb.grad[0, :, 0, 2:].abs().sum() == 0 and s_dir.grad[0, :, 0, 2:].abs().sum() == 0
+    assert s_emb.grad[0, 0, 0, 0] < 0 and s_dir.grad[0, 0, 0, 1] < 0  # towards the target
+    # every GT foreground pixel with mask='foreground': the wrong pixel's embedding gap (14^2 + 14^2) joins in
+    fg = instance_response_loss(s_emb, s_dir, t_emb, t_dir, target_logits, gt, mask='foreground')
+    assert fg['embedding'].item() == pytest.approx((1.0 + 4.0 + 2 * 14.0 ** 2) / 6)
+
+
+def test_ird_is_zero_where_student_and_target_agree_or_nothing_is_kept_and_names_bad_inputs():
+    gt = _gt_with_foreground(2, 4, 4, [(0, y, x) for y in range(4) for x in range(4)])
+    logits = _semantic_logits(gt, torch.ones(2, 4, 4, dtype=torch.bool))
+    emb, direction = torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 5, 4, 4, requires_grad=True)
+    same = instance_response_loss(emb, direction, emb.detach().clone(), direction.detach().clone(), logits, gt)
+    assert same['embedding'].item() == 0.0 and same['direction'].item() == pytest.approx(0.0, abs=1e-6)
+    wrong = _semantic_logits(gt, torch.zeros(2, 4, 4, dtype=torch.bool))  # the target right nowhere
+    none = instance_response_loss(emb, direction, torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4), wrong, gt)
+    (none['embedding'] + none['direction']).backward()
+    assert none['embedding'].item() == 0.0 and emb.grad.abs().sum() == 0 and direction.grad.abs().sum() == 0
+    with pytest.raises(ValueError, match='must have the same shape'):
+        instance_response_loss(emb, direction, torch.randn(2, 4, 4, 4), direction, logits, gt)
+    with pytest.raises(ValueError, match='direction'):
+        instance_response_loss(emb, direction, emb, torch.randn(2, 6, 4, 4), logits, gt)
+    with pytest.raises(ValueError, match='share batch and size'):
+        instance_response_loss(emb, direction, emb, direction, logits[:, :, :3], gt[:, :, :3])
+    with pytest.raises(ConfigError, match="IRD: mask must be one of foreground, correct, all, got 'wrong'"):
+        instance_response_loss(emb, direction, emb, direction, logits, gt, mask='wrong')
 
 
 # ------------------------------------------------------------------------------------------------------------- TGPD

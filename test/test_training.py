@@ -199,6 +199,13 @@ def test_bad_training_configs_are_named(tmp_path, data_yaml, frozen_weights):
     erd_only = dict(bad, distill={'erd_teacher': 0.1})  # ERD needs the teacher too
     with pytest.raises(ConfigError, match='teacher: teacher distillation weights are set but no teacher'):
         load_train_config(write_cfg(tmp_path / 'a2.yaml', erd_only))
+    ird_only = dict(bad, distill={'ird_teacher': 0.1})  # and IRD
+    with pytest.raises(ConfigError, match='teacher: teacher distillation weights are set but no teacher'):
+        load_train_config(write_cfg(tmp_path / 'a4.yaml', ird_only))
+    with pytest.raises(ConfigError, match=r"distill: masks must be one of foreground, correct, all, got ird_mask "
+                                          r"'teacher'"):
+        load_train_config(write_cfg(tmp_path / 'a5.yaml', dict(student_cfg(data_yaml, frozen_weights),
+                                                               distill={'ird_mask': 'teacher'})))
     with pytest.raises(ConfigError, match=r'distill: weights must be >= 0, got msrd_coach -0\.5'):
         load_train_config(write_cfg(tmp_path / 'a3.yaml', dict(student_cfg(data_yaml, frozen_weights),
                                                                distill={'msrd_coach': -0.5})))
@@ -208,6 +215,15 @@ def test_bad_training_configs_are_named(tmp_path, data_yaml, frozen_weights):
     with pytest.raises(ConfigError, match=r"distill\.msrd_teachr: unknown key \(did you mean 'msrd_teacher'\?\)"):
         load_train_config(write_cfg(tmp_path / 'c.yaml', dict(student_cfg(data_yaml, frozen_weights),
                                                               distill={'msrd_teachr': 1.0})))
+    # IRD regresses the teacher's embedding: a student with another embedding width is refused, naming both
+    narrow = yaml.safe_load((Path(__file__).parent.parent / 'config' / 'models' / 'student_tiny.yaml').read_text())
+    narrow['embedding_dim'] = 4
+    model_path = tmp_path / 'student_narrow.yaml'
+    model_path.write_text(yaml.safe_dump(narrow))
+    with pytest.raises(ConfigError, match=r'ird_teacher regresses .* same channels: embedding 4 vs 16'):
+        Trainer(load_train_config(write_cfg(tmp_path / 'f.yaml', student_cfg(
+            data_yaml, frozen_weights, model=str(model_path), distill={'ird_teacher': 0.1}))), tmp_path / 'f',
+            progress=False)
     # resuming a run with another config is refused
     cfg = student_cfg(data_yaml, frozen_weights, epochs=1, val_split=None)
     Trainer(load_train_config(write_cfg(tmp_path / 'd.yaml', cfg)), tmp_path / 'd', progress=False).fit()

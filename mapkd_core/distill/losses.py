@@ -14,6 +14,9 @@ coach's) logits, which are constants. No temperature, no pos_weight (method doc 
 ERD (:func:`embedding_relation_loss`, not in the method): the student's instance-embedding distances between GT
 foreground pixels towards the teacher's (the vectorizer groups pixels by them; MSRD leaves that head alone).
 
+IRD (:func:`instance_response_loss`, not in the method): the student's embedding and direction heads towards the
+teacher's, pixel by pixel, where the teacher's segmentation is right.
+
 Loss weights of the reference scripts are module constants (see also :mod:`mapkd_core.distill.tgpd`):
 
 * coach training (``train_C.py``): task + 0.8 * TGPD(C <- T) + 0.8 * MSRD(C <- T);
@@ -46,7 +49,8 @@ __all__ = [
     'COACH_MSRD_WEIGHT', 'DELTA_D', 'DELTA_V', 'DIRECTION_WEIGHT', 'DIST_WEIGHT', 'ERD_CLAMP', 'ERD_MAX_PIXELS',
     'GRAD_CLIP_NORM', 'MSRD_MASKS', 'POS_WEIGHT', 'PROB_EPS', 'SEG_WEIGHT', 'STUDENT_MSRD_COACH_WEIGHT',
     'STUDENT_MSRD_COACH_WEIGHT_TRAIN_S', 'STUDENT_MSRD_TEACHER_WEIGHT', 'VAR_WEIGHT', 'DirectionLoss',
-    'DiscriminativeLoss', 'MsrdLoss', 'SegmentationLoss', 'TaskLoss', 'embedding_relation_loss', 'msrd_loss',
+    'DiscriminativeLoss', 'MsrdLoss', 'SegmentationLoss', 'TaskLoss', 'distill_mask', 'embedding_relation_loss',
+    'instance_response_loss', 'msrd_loss',
 ]
 
 #: Task-loss defaults (method doc 5.0, HDMapNet).
@@ -239,6 +243,21 @@ class TaskLoss(nn.Module):
 MSRD_MASKS = ('foreground', 'correct', 'all')
 
 
+def distill_mask(gt_semantic: Tensor, target_logits: Tensor, mask: str, what: str) -> Tensor:
+    """The (B, H, W) pixels a response distillation term reads: ``'foreground'`` every GT foreground pixel (GT
+    background channel 0), ``'correct'`` those of them where the target's semantic argmax is a GT class of the
+    pixel, ``'all'`` every pixel. ``what`` names the term in the error for an unknown mask."""
+    if mask not in MSRD_MASKS:
+        raise ConfigError(f'{what}: mask must be one of {", ".join(MSRD_MASKS)}, got {mask!r}')
+    if mask == 'all':
+        return torch.ones_like(gt_semantic[:, 0], dtype=torch.bool)
+    foreground = gt_semantic[:, 0] == 0
+    if mask == 'correct':
+        predicted = target_logits.detach().to(gt_semantic.device).argmax(1, keepdim=True)
+        foreground &= gt_semantic.gather(1, predicted)[:, 0] > 0
+    return foreground
+
+
 def msrd_loss(student_logits: Tensor, target_logits: Tensor, gt_semantic: Tensor, mask: str = 'foreground') -> Tensor:
     """MSRD(S, X): BCE-with-logits of the student's logits towards sigmoid(target logits) at GT foreground pixels.
 
@@ -255,13 +274,7 @@ def msrd_loss(student_logits: Tensor, target_logits: Tensor, gt_semantic: Tensor
                          f'{tuple(target_logits.shape)} differ')
     if gt_semantic.shape[0] != student_logits.shape[0] or gt_semantic.shape[2:] != student_logits.shape[2:]:
         raise ValueError(f'GT semantic {tuple(gt_semantic.shape)} does not match logits {tuple(student_logits.shape)}')
-    if mask not in MSRD_MASKS:
-        raise ConfigError(f'MSRD: mask must be one of {", ".join(MSRD_MASKS)}, got {mask!r}')
-    gt = gt_semantic.to(student_logits.device)
-    foreground = gt[:, 0] == 0 if mask != 'all' else torch.ones_like(gt[:, 0], dtype=torch.bool)  # (B, H, W)
-    if mask == 'correct':
-        predicted = target_logits.detach().to(student_logits.device).argmax(1, keepdim=True)
-        foreground &= gt.gather(1, predicted)[:, 0] > 0
+    foreground = distill_mask(gt_semantic.to(student_logits.device), target_logits, mask, 'MSRD')
     if not bool(foreground.any()):
         return _zero(student_logits.float())
     z = student_logits.float().movedim(1, -1)[foreground]  # (M, C)
@@ -356,3 +369,50 @@ def embedding_relation_loss(student_embedding: Tensor, target_embedding: Tensor,
     if not terms:
         return _zero(student_embedding.float())
     return torch.stack(terms).mean()
+
+
+def instance_response_loss(student_embedding: Tensor, student_direction: Tensor, target_embedding: Tensor,
+                           target_direction: Tensor, target_logits: Tensor, gt_semantic: Tensor,
+                           mask: str = 'correct') -> dict[str, Tensor]:
+    """IRD (not in the method): the student's instance heads towards the target's, pixel by pixel.
+
+    The vectorizer groups a class's pixels into instances by their embeddings and orders them by their directions;
+    MSRD distils neither head, and the distilled students lose vector AP against their baselines while gaining IoU
+    (docs/training.md, rounds 6-9). ERD distils the embeddings' relations and made the student worse. IRD instead
+    regresses the target's embedding itself: the discriminative loss fixes an embedding only up to a rotation and a
+    shift, and the target's embedding is one of its solutions, so pulling the student into the target's coordinates
+    adds a dense per-pixel target without fighting it. At the pixels of :func:`distill_mask` (by default
+    ``'correct'``: GT foreground where the target's semantic argmax is right, so the target's mistakes are not
+    copied):
+
+    * ``embedding``: the mean squared difference of the embeddings over the M masked pixels and D channels;
+    * ``direction``: KL(softmax(target) || softmax(student)) over the direction channels, averaged over the M pixels.
+
+    The targets are detached. Both are 0 (connected to the student's graph) when M == 0. ``student_embedding`` and
+    ``target_embedding``: (B, D, H, W) with the same D; the directions (B, K, H, W) with the same K;
+    ``target_logits`` the target's (B, C, H, W) semantic logits; ``gt_semantic`` the GT one-hot (channel 0
+    background).
+    """
+    if student_embedding.shape != target_embedding.shape:
+        raise ValueError(f'IRD regresses the target\'s embedding: student embedding {tuple(student_embedding.shape)} '
+                         f'and target embedding {tuple(target_embedding.shape)} must have the same shape')
+    if student_direction.shape != target_direction.shape:
+        raise ValueError(f'student direction {tuple(student_direction.shape)} and target direction '
+                         f'{tuple(target_direction.shape)} differ')
+    b, _, h, w = student_embedding.shape
+    if student_direction.shape[0] != b or student_direction.shape[2:] != (h, w) or gt_semantic.shape[0] != b \
+            or gt_semantic.shape[2:] != (h, w) or target_logits.shape != gt_semantic.shape:
+        raise ValueError(f'IRD: embedding {tuple(student_embedding.shape)}, direction '
+                         f'{tuple(student_direction.shape)}, target logits {tuple(target_logits.shape)} and GT '
+                         f'semantic {tuple(gt_semantic.shape)} must share batch and size')
+    device = student_embedding.device
+    keep = distill_mask(gt_semantic.to(device), target_logits, mask, 'IRD')  # (B, H, W)
+    if not bool(keep.any()):
+        zero = _zero(student_embedding.float()) + _zero(student_direction.float())
+        return {'embedding': zero, 'direction': zero}
+    e_s = student_embedding.float().movedim(1, -1)[keep]  # (M, D)
+    e_t = target_embedding.detach().float().to(device).movedim(1, -1)[keep]
+    log_q = F.log_softmax(student_direction.float().movedim(1, -1)[keep], dim=-1)  # (M, K)
+    log_p = F.log_softmax(target_direction.detach().float().to(device).movedim(1, -1)[keep], dim=-1)
+    direction = F.kl_div(log_q, log_p, reduction='batchmean', log_target=True)
+    return {'embedding': F.mse_loss(e_s, e_t), 'direction': direction}

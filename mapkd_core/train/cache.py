@@ -107,26 +107,35 @@ class CachedMapDataset(MapDataset):
 
 
 class CachedOutput:
-    """The parts of a frozen model's ``MapOutput`` that the distillation losses read (``embedding``: only when the
-    cache keeps it, for ERD)."""
+    """The parts of a frozen model's ``MapOutput`` that the distillation losses read (``embedding`` and
+    ``direction``: only when the cache keeps them, for ERD and IRD)."""
 
-    def __init__(self, semantic: torch.Tensor, bev: torch.Tensor, embedding: torch.Tensor | None = None):
+    def __init__(self, semantic: torch.Tensor, bev: torch.Tensor, embedding: torch.Tensor | None = None,
+                 direction: torch.Tensor | None = None):
         self.semantic = semantic
         self.bev = bev
         self.embedding = embedding
+        self.direction = direction
+
+
+#: the instance heads a frozen-output cache can keep besides ``semantic`` and ``bev``
+INSTANCE_HEADS = ('embedding', 'direction')
 
 
 class FrozenOutputCache:
-    """Per-sample ``semantic`` and ``bev`` outputs of one frozen model (teacher or coach) over one dataset, and its
-    ``embedding`` with ``embedding=True`` (an entry without it is then computed again and rewritten with it; the
-    entries stay readable by a cache without it)."""
+    """Per-sample ``semantic`` and ``bev`` outputs of one frozen model (teacher or coach) over one dataset, and the
+    instance heads named in ``heads`` (``embedding``, ``direction``; an entry without one of them is then computed
+    again and rewritten with it; the entries stay readable by a cache that needs fewer heads)."""
 
     def __init__(self, role: str, weights: str | Path, dataset_key: str, root: str | Path | None = None,
-                 embedding: bool = False):
+                 heads: tuple[str, ...] = ()):
+        unknown = [h for h in heads if h not in INSTANCE_HEADS]
+        if unknown:
+            raise ValueError(f'frozen output cache: unknown head(s) {unknown}; it keeps {", ".join(INSTANCE_HEADS)}')
         key = hashlib.sha256(json.dumps({'version': CACHE_VERSION, 'role': role, 'data': dataset_key,
                                          'weights': file_digest(weights)}).encode()).hexdigest()[:20]
         self.role = role
-        self.embedding = embedding
+        self.heads = tuple(heads)
         self.dir = Path(root or cache_root()) / 'train-frozen' / key
         self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -134,7 +143,7 @@ class FrozenOutputCache:
         return self.dir / f'{token}.pt'
 
     def get(self, tokens: list[str], device) -> CachedOutput | None:
-        """The batch's outputs when every token is cached, else None."""
+        """The batch's outputs when every token is cached (with every head of ``heads``), else None."""
         paths = [self._path(t) for t in tokens]
         if not all(p.is_file() for p in paths):
             return None
@@ -142,20 +151,15 @@ class FrozenOutputCache:
             parts = [torch.load(p, map_location='cpu', weights_only=True) for p in paths]
         except Exception:  # a damaged file: recompute the batch
             return None
-        if self.embedding and not all('embedding' in p for p in parts):
+        if not all(h in p for h in self.heads for p in parts):
             return None
-        return CachedOutput(torch.stack([p['semantic'] for p in parts]).to(device),
-                            torch.stack([p['bev'] for p in parts]).to(device),
-                            torch.stack([p['embedding'] for p in parts]).to(device) if self.embedding else None)
+        stacked = {k: torch.stack([p[k] for p in parts]).to(device) for k in ('semantic', 'bev', *self.heads)}
+        return CachedOutput(**stacked)
 
     def put(self, tokens: list[str], out) -> None:
-        semantic = out.semantic.detach().float().cpu()
-        bev = out.bev.detach().float().cpu()
-        embedding = out.embedding.detach().float().cpu() if self.embedding else None
+        parts = {k: getattr(out, k).detach().float().cpu() for k in ('semantic', 'bev', *self.heads)}
         for i, token in enumerate(tokens):
-            entry = {'semantic': semantic[i].clone(), 'bev': bev[i].clone()}
-            if embedding is not None:
-                entry['embedding'] = embedding[i].clone()
+            entry = {k: v[i].clone() for k, v in parts.items()}
             _atomic_write(self._path(token), lambda fh, e=entry: torch.save(e, fh))
 
 

@@ -68,10 +68,21 @@ class DistillConfig:
     #: ERD (not in the method): the student's instance-embedding distances between GT foreground pixels towards the
     #: teacher's (``distill.losses.embedding_relation_loss``); MSRD distils the semantic head only
     erd_teacher: float = 0.0
+    #: IRD (not in the method): the student's embedding and direction heads regressed towards the teacher's
+    #: (``distill.losses.instance_response_loss``: embedding MSE + direction KL), at the pixels ``ird_mask`` names
+    #: (``msrd_mask``'s choices; default 'correct': GT foreground where the teacher's argmax is right)
+    ird_teacher: float = 0.0
+    ird_mask: str = 'correct'
 
     @property
     def uses_teacher(self) -> bool:
-        return self.msrd_teacher > 0 or self.tgpd_teacher > 0 or self.erd_teacher > 0
+        return self.msrd_teacher > 0 or self.tgpd_teacher > 0 or self.erd_teacher > 0 or self.ird_teacher > 0
+
+    @property
+    def teacher_heads(self) -> tuple[str, ...]:
+        """The teacher's instance heads the losses read, beyond its semantic logits and BEV feature."""
+        return (('embedding',) if self.erd_teacher > 0 or self.ird_teacher > 0 else ()) + \
+            (('direction',) if self.ird_teacher > 0 else ())
 
     @property
     def uses_coach(self) -> bool:
@@ -154,10 +165,14 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f'{where}lr: must be > 0, got {self.lr}')
         d = self.distill
-        weights = ('msrd_teacher', 'msrd_coach', 'tgpd_teacher', 'tgpd_coach', 'erd_teacher')
+        weights = ('msrd_teacher', 'msrd_coach', 'tgpd_teacher', 'tgpd_coach', 'erd_teacher', 'ird_teacher')
         bad = [f'{k} {getattr(d, k)!r}' for k in weights if not getattr(d, k) >= 0]
         if bad:
             raise ConfigError(f'{where}distill: weights must be >= 0, got {", ".join(bad)}')
+        from ..distill.losses import MSRD_MASKS
+        bad = [f'{k} {getattr(d, k)!r}' for k in ('msrd_mask', 'ird_mask') if getattr(d, k) not in MSRD_MASKS]
+        if bad:
+            raise ConfigError(f'{where}distill: masks must be one of {", ".join(MSRD_MASKS)}, got {", ".join(bad)}')
         if self.stage in ('teacher', 'hd_prior') and (d.uses_teacher or d.uses_coach):
             raise ConfigError(f'{where}distill: the {self.stage} stage has no distillation')
         if d.uses_teacher and not self.teacher:

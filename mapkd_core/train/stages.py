@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import DataConfig, merge, replace
 from ..distill import MsrdLoss, TaskLoss, TgpdLoss
-from ..distill.losses import embedding_relation_loss
+from ..distill.losses import embedding_relation_loss, instance_response_loss
 from ..errors import ConfigError, ConfigNotFoundError, WeightsMismatchError
 from ..models import build_model
 from ..models.blocks import describe_mismatch
@@ -116,6 +116,12 @@ class TrainModule(nn.Module):
         if d.erd_teacher > 0:
             losses['erd_teacher'] = embedding_relation_loss(out.embedding, teacher_out.embedding, batch['semantic'])
             total = total + d.erd_teacher * losses['erd_teacher']
+        if d.ird_teacher > 0:
+            ird = instance_response_loss(out.embedding, out.direction, teacher_out.embedding, teacher_out.direction,
+                                         teacher_out.semantic, batch['semantic'], d.ird_mask)
+            losses['ird_embedding'], losses['ird_direction'] = ird['embedding'], ird['direction']
+            losses['ird_teacher'] = ird['embedding'] + ird['direction']
+            total = total + d.ird_teacher * losses['ird_teacher']
         if self.tgpd is not None:
             t = self.tgpd(out.bev, teacher_bev=teacher_out.bev if teacher_out is not None else None,
                           coach_bev=coach_out.bev if coach_out is not None else None)
@@ -163,6 +169,12 @@ class Stage:
             if other is not None and d.uses_tgpd and other.cfg.bev_channels != model.cfg.bev_channels:
                 raise ConfigError(f'TGPD needs the same BEV channels: {role} {other.cfg.bev_channels} vs '
                                   f'{model.cfg.bev_channels}')
+        if self.teacher is not None and d.ird_teacher > 0:
+            heads = {h: (model.head_channels[h], self.teacher.head_channels[h]) for h in ('embedding', 'direction')}
+            bad = [f'{h} {own} vs {theirs}' for h, (own, theirs) in heads.items() if own != theirs]
+            if bad:
+                raise ConfigError(f'distill.ird_teacher regresses the teacher\'s instance heads, which need the same '
+                                  f'channels: {", ".join(bad)} ({model.cfg.name} vs the teacher)')
         self.module = TrainModule(cfg, model).to(self.device)
 
     def data_config(self) -> DataConfig:

@@ -81,7 +81,7 @@ class Trainer:
             for role, path in (('teacher', cfg.teacher), ('coach', cfg.coach)):
                 if getattr(self.stage, role) is not None:
                     self.frozen_caches[role] = FrozenOutputCache(
-                        role, path, key, embedding=role == 'teacher' and cfg.distill.erd_teacher > 0)
+                        role, path, key, heads=cfg.distill.teacher_heads if role == 'teacher' else ())
         # the trained model's frozen encoder prefixes (freeze_eval only), cached per sample; encoders with the same
         # frozen prefix (the coach's two) share one folder, and one computation per batch (model_input)
         encoders = self.stage.model.prefix_encoders()
