@@ -39,6 +39,16 @@ def test_needs_follow_the_distillation_weights():
     assert bd.needs('student_baseline_s1', rows['student_baseline_s1']) == set()
     assert bd.needs('student_mapkd_s0', rows['student_mapkd_s0']) == {'teacher', 'coach'}
     assert bd.needs('student_msrd_only__t', rows['student_msrd_only__t']) == {'teacher'}
+    # every row with a weight on the teacher's or the coach's outputs (any such DistillConfig key, ERD and IRD
+    # included) waits for that model: a row started before it would fail on a missing weights file
+    from dataclasses import fields
+
+    from mapkd_core.train.config import DistillConfig
+    for role in ('teacher', 'coach'):
+        keys = [f.name for f in fields(DistillConfig) if f.name.endswith(f'_{role}')]
+        assert 'ird_teacher' in keys or role == 'coach'
+        for key in keys:  # each weight alone
+            assert bd.needs('student_x', {'distill': {key: 0.1}}) == {role}, key
 
 
 def test_rows_start_after_what_they_need_with_cpus_over_jobs_threads(monkeypatch, tmp_path):
