@@ -65,9 +65,6 @@ ERD_WEIGHT = 0.1
 #: IRD's weight in the attempt rows: that of the discriminative and direction task terms it works with (0.1 each);
 #: not yet balanced by gradient (bench_loss_balance reports IRD's parts once a teacher is trained)
 IRD_WEIGHT = 0.1
-#: the distillation weights that need the teacher, and the coach
-TEACHER_TERMS = ('msrd_teacher', 'tgpd_teacher', 'erd_teacher', 'ird_teacher')
-COACH_TERMS = ('msrd_coach', 'tgpd_coach')
 #: the single-loss rows: the other loss's weights set to zero (overrides merge into the recipe's ``distill``)
 SINGLE = {
     'TGPD only (T+C)': {**MAPKD, 'msrd_teacher': 0.0, 'msrd_coach': 0.0},
@@ -228,13 +225,15 @@ def needs(folder: str, over: dict) -> set[str]:
         return {'hd_prior'}
     if folder == 'coach':
         return {'teacher'}
-    distill = over.get('distill', {})
-    out = set()
-    if any(distill.get(k) for k in TEACHER_TERMS):
-        out.add('teacher')
-    if any(distill.get(k) for k in COACH_TERMS):
-        out.add('coach')
-    return out
+    return distilled_from(over.get('distill', {}))
+
+
+def distilled_from(distill: dict) -> set[str]:
+    """The frozen models ('teacher', 'coach') a row's ``distill`` overrides read, as the trainer decides it
+    (``DistillConfig.uses_teacher`` / ``uses_coach``)."""
+    from mapkd_core.train.config import DistillConfig
+    d = DistillConfig(**distill)
+    return {role for role, used in (('teacher', d.uses_teacher), ('coach', d.uses_coach)) if used}
 
 
 def run_parallel(out: Path, jobs: int, child_args: list[str], seeds: int, only: tuple = (),
@@ -355,10 +354,10 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
                 'lr_step': LR_STEP.get(stage, EPOCHS[stage]), 'val_every': EPOCHS[stage]}
         if stage == 'teacher':
             over['init'] = {'path': str(out / 'hd_prior' / 'hd_prior.safetensors')}
-        distill = over.get('distill', {})
-        if stage == 'coach' or any(distill.get(k) for k in TEACHER_TERMS):
+        frozen = distilled_from(over.get('distill', {}))
+        if stage == 'coach' or 'teacher' in frozen:
             over['teacher'] = str(out / 'teacher' / 'teacher.safetensors')
-        if any(distill.get(k) for k in COACH_TERMS):
+        if 'coach' in frozen:
             over['coach'] = str(out / 'coach' / 'coach.safetensors')
         runs[name] = train(recipe, out / folder, over)
         folders[name] = folder

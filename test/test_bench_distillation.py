@@ -39,16 +39,11 @@ def test_needs_follow_the_distillation_weights():
     assert bd.needs('student_baseline_s1', rows['student_baseline_s1']) == set()
     assert bd.needs('student_mapkd_s0', rows['student_mapkd_s0']) == {'teacher', 'coach'}
     assert bd.needs('student_msrd_only__t', rows['student_msrd_only__t']) == {'teacher'}
-    # every row with a weight on the teacher's or the coach's outputs (any such DistillConfig key, ERD and IRD
-    # included) waits for that model: a row started before it would fail on a missing weights file
-    from dataclasses import fields
-
-    from mapkd_core.train.config import DistillConfig
-    for role in ('teacher', 'coach'):
-        keys = [f.name for f in fields(DistillConfig) if f.name.endswith(f'_{role}')]
-        assert 'ird_teacher' in keys or role == 'coach'
-        for key in keys:  # each weight alone
-            assert bd.needs('student_x', {'distill': {key: 0.1}}) == {role}, key
+    # each weight on the teacher's or the coach's outputs alone (ERD and IRD included) makes a row wait for that
+    # model: a row started before it would fail on a missing weights file
+    for key in ('msrd_teacher', 'tgpd_teacher', 'erd_teacher', 'ird_teacher', 'msrd_coach', 'tgpd_coach'):
+        assert bd.needs('student_x', {'distill': {key: 0.1}}) == {key.rsplit('_', 1)[1]}, key
+    assert bd.needs('student_x', {'distill': {'msrd_mask': 'correct', 'msrd_teacher': 0.0}}) == set()
 
 
 def test_rows_start_after_what_they_need_with_cpus_over_jobs_threads(monkeypatch, tmp_path):
