@@ -240,3 +240,38 @@ def test_input_validation():
         enc(torch.zeros(1, 10, 4), torch.ones(1, 10, dtype=torch.bool))
     with pytest.raises(ValueError, match='mask must be'):
         enc(torch.zeros(1, 10, 5), torch.ones(1, 9, dtype=torch.bool))
+
+
+def test_native_lateral_convolves_the_coarse_blocks_before_upsampling():
+    """``lateral: native`` (CPU teacher) uses the same weights as ``full`` (HDMapNet's order): the lateral layers
+    of blocks 2 and 3 run at their own resolution and are upsampled afterwards; block 1's lateral is unchanged."""
+    import dataclasses
+
+    import torch.nn.functional as F
+    full = _encoder(seed=3).eval()
+    native = PointPillarsEncoder(SMALL_GRID, dataclasses.replace(SMALL_CFG, lateral='native'), out_channels=128).eval()
+    native.load_state_dict(full.state_dict(), strict=True)   # the same parameters and buffers
+    pts, mask = _random_points(SMALL_GRID, 2, 600, seed=7)
+    with torch.no_grad():
+        f1 = full.block1(full.scatter(pts, mask))
+        f2 = full.block2(f1)
+        f3 = full.block3(f2)
+        size = f1.shape[-2:]
+
+        def up(x):
+            return F.interpolate(x, size=size, mode='bilinear', align_corners=True)
+        by_hand = full.head(torch.cat([full.lateral1(f1), up(full.lateral2(f2)), up(full.lateral3(f3))], 1))
+        hdmapnet = full.head(torch.cat([full.lateral1(f1), full.lateral2(up(f2)), full.lateral3(up(f3))], 1))
+        out_native, out_full = native(pts, mask), full(pts, mask)
+    assert out_native.shape == out_full.shape == (2, 128, SMALL_GRID.H, SMALL_GRID.W)
+    torch.testing.assert_close(out_native, by_hand)
+    torch.testing.assert_close(out_full, hdmapnet)
+    assert not torch.allclose(out_native, out_full, atol=1e-4)
+
+
+def test_lateral_setting_is_checked():
+    from mapkd_core.config import from_dict
+    from mapkd_core.errors import ConfigError
+    assert PillarsConfig().lateral == 'full'            # the method's order, the imported checkpoints'
+    with pytest.raises(ConfigError, match='lateral'):
+        from_dict(PillarsConfig, {'lateral': 'coarse'}, source='test')

@@ -101,6 +101,11 @@ class PillarsConfig:
     point_channels: int = 64
     backbone_channels: tuple[int, int, int] = (64, 128, 256)
     backbone_layers: tuple[int, int, int] = (2, 3, 3)
+    #: where the lateral 3x3 convolutions of the two coarser blocks run: ``full`` (HDMapNet's ``up2`` / ``up3``, and
+    #: what the authors' checkpoints hold) upsamples each block's output to the full grid first, then convolves it
+    #: there; ``native`` (ours, not in the method) convolves at the block's own resolution (1/2, 1/4 of the grid), then
+    #: upsamples: 4x and 16x fewer operations for the same weights' shapes. Measured in docs/training.md (round 11).
+    lateral: Literal['full', 'native'] = 'full'
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ Pipeline (method doc, PointPillars as used by HDMapNet / P-MapNet; written from 
    the PointNet, so padding rows never touch the BatchNorm statistics.
 4. A 2D backbone of three blocks (strides 1, 2, 4); the coarser two block outputs are upsampled to H x W (bilinear,
    align_corners, as HDMapNet's ``up2`` / ``up3``), then each of the three gets a 3x3 conv-BN-ReLU; concatenation and
-   a head ``3x3 conv -> 3x3 conv -> 1x1 conv``. (HDMapNet runs this backbone on the transposed (x, y) layout; the
+   a head ``3x3 conv -> 3x3 conv -> 1x1 conv``. With ``lateral: native`` (CPU teacher, not in the method) the two
+   coarser lateral convolutions run before the upsampling, at 1/2 and 1/4 of the grid. (HDMapNet runs this backbone on the transposed (x, y) layout; the
    importer transposes its kernels, which gives the same numbers on our (y, x) layout.)
 
 The head's two hidden widths are ``backbone_channels[2]`` and ``backbone_channels[1]`` (256 and 128 at the paper
@@ -78,6 +79,9 @@ class PointPillarsEncoder(nn.Module):
         self.in_features = point_features + EXTRA_FEATURES
         self.point_channels = cfg.point_channels
         self.out_channels = out_channels
+        if cfg.lateral not in ('full', 'native'):
+            raise ConfigError(f"pillars.lateral must be 'full' or 'native', got {cfg.lateral!r}")
+        self.lateral = cfg.lateral
 
         # metres -> continuous pixel (u = column, v = row) from THE mapping; cell index = floor(pixel + 0.5)
         a = bev_affine(grid)
@@ -197,7 +201,16 @@ class PointPillarsEncoder(nn.Module):
         f3 = self.block3(f2)
         size = f1.shape[-2:]
         m1 = self.lateral1(f1)
-        # HDMapNet's up2 / up3: upsample (bilinear, align_corners) to full resolution first, then the 3x3 conv
-        m2 = self.lateral2(F.interpolate(f2, size=size, mode='bilinear', align_corners=True))
-        m3 = self.lateral3(F.interpolate(f3, size=size, mode='bilinear', align_corners=True))
+        if self.lateral == 'full':
+            # HDMapNet's up2 / up3: upsample (bilinear, align_corners) to full resolution first, then the 3x3 conv
+            m2 = self.lateral2(_up(f2, size))
+            m3 = self.lateral3(_up(f3, size))
+        else:
+            # 'native': the same layers at the blocks' own resolution, then upsampled (4x / 16x cheaper)
+            m2 = _up(self.lateral2(f2), size)
+            m3 = _up(self.lateral3(f3), size)
         return self.head(torch.cat([m1, m2, m3], dim=1))
+
+
+def _up(x: Tensor, size) -> Tensor:
+    return F.interpolate(x, size=size, mode='bilinear', align_corners=True)
