@@ -42,6 +42,8 @@ LONG = True
 #: every stage trains on the same ``TRAIN_FRAMES`` geo_train frames (evenly spread over the 178 drives), so the
 #: training caches (decoded images, the frozen teacher's and coach's outputs) are filled once and shared by all runs
 TRAIN_FRAMES = 1200
+#: the geo_val frames every model is scored on (evenly spread over the 1,032; ``--val-frames``)
+VAL_FRAMES = 300
 #: epochs over those frames per stage (the recipes' batch sizes: 8 for the HD prior, 2 for the others); the coach
 #: trains as long as the students since round 6 (round 3's coach of 600 steps stayed below the baseline student)
 #: and the teacher a third epoch at lr / 10 (54.2 -> 61.3 mIoU; rounds 3-5 and runs/ablation_cpu4: 2 epochs)
@@ -140,17 +142,30 @@ def train(config: str, out: Path, overrides: dict) -> dict:
             'samples': result['steps'] * cfg.batch_size, 'config': config, 'overrides': overrides}
 
 
-def student_data_config():
-    """The data the students trained on: the baseline recipe's data config and its overrides (line widths)."""
+def ablation_dataroot(train_frames: int = TRAIN_FRAMES, val_frames: int = VAL_FRAMES) -> str:
+    """The dataroot every row trains and is scored on: only the geo_train / geo_val frames a call reads, rendered
+    (``synthetic_drives[...]``: the same bytes as those frames of the full drives, with their LiDAR history; about a
+    fifth of the keyframes, so a fresh machine generates it in minutes instead of 35-72)."""
+    return f'synthetic_drives[geo_train={train_frames},geo_val={val_frames}]'
+
+
+def student_data_config(dataroot: str | None = None):
+    """The data the students trained on: the baseline recipe's data config and its overrides (line widths), on
+    ``dataroot`` (default: the recipe's, the full drives)."""
     from mapkd_core.config import DataConfig, from_dict, load_yaml, merge
     from mapkd_core.paths import config_path
     recipe = load_yaml(config_path('train/student_edge_cpu_baseline.yaml'))
-    return from_dict(DataConfig, merge(load_yaml(config_path(recipe['data'])), recipe.get('data_overrides') or {}))
+    data = merge(load_yaml(config_path(recipe['data'])), recipe.get('data_overrides') or {})
+    if dataroot:
+        data = merge(data, {'dataset': {'dataroot': dataroot}})
+    return from_dict(DataConfig, data)
 
 
-def evaluate_run(run: dict, val_frames: int, workers: int, mini_frames: int = 0) -> dict:
+def evaluate_run(run: dict, val_frames: int, workers: int, mini_frames: int = 0,
+                 train_frames: int = TRAIN_FRAMES) -> dict:
     """geo_val and mini_val scores of a run's weights, cached in eval.json beside them (keyed by the weights' digest
-    and the evaluation settings)."""
+    and the evaluation settings), on the call's dataroot (``ablation_dataroot``: the frames the full drives' ``limit``
+    would pick)."""
     from mapkd_core.eval.evaluate import evaluate
     from mapkd_core.models.io import load_any
     from mapkd_core.train.cache import file_digest
@@ -162,7 +177,7 @@ def evaluate_run(run: dict, val_frames: int, workers: int, mini_frames: int = 0)
         doc = json.loads(cached.read_text())
         if doc.get('key') == key:
             return doc['scores']
-    data_cfg = student_data_config()
+    data_cfg = student_data_config(ablation_dataroot(train_frames, val_frames))
     model = load_any(weights)
     scores = {}
     for split, limit in (('geo_val', val_frames or None), ('mini_val', mini_frames or None)):
@@ -351,7 +366,8 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
             continue
         stage = 'student' if folder.startswith('student') else ('hd_prior' if folder == 'hd_prior' else folder)
         over = {**over, 'epochs': EPOCHS[stage], 'train_limit': train_frames, 'workers': workers,
-                'lr_step': LR_STEP.get(stage, EPOCHS[stage]), 'val_every': EPOCHS[stage]}
+                'lr_step': LR_STEP.get(stage, EPOCHS[stage]), 'val_every': EPOCHS[stage],
+                'data_overrides': {'dataset': {'dataroot': ablation_dataroot(train_frames, val_frames)}}}
         if stage == 'teacher':
             over['init'] = {'path': str(out / 'hd_prior' / 'hd_prior.safetensors')}
         frozen = distilled_from(over.get('distill', {}))
@@ -362,7 +378,7 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
         runs[name] = train(recipe, out / folder, over)
         folders[name] = folder
         if stage != 'hd_prior':  # the MAE reconstructs maps from masked maps: no camera model to score
-            runs[name]['scores'] = evaluate_run(runs[name], val_frames, workers, mini_frames)
+            runs[name]['scores'] = evaluate_run(runs[name], val_frames, workers, mini_frames, train_frames)
         if write:
             partial = summarize(runs, seeds, train_frames)
             partial.update({'complete': False, 'seconds_so_far': time.perf_counter() - t_start})
@@ -518,7 +534,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--out', default='runs/ablation_cpu')
     p.add_argument('--seeds', type=int, default=3)
-    p.add_argument('--val-frames', type=int, default=300,
+    p.add_argument('--val-frames', type=int, default=VAL_FRAMES,
                    help='geo_val frames evenly spread over the split (0 = all 1,032)')
     p.add_argument('--workers', type=int, default=1)
     p.add_argument('--train-frames', type=int, default=TRAIN_FRAMES,

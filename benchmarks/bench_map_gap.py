@@ -72,7 +72,7 @@ def mix_model(store: HeadStore, sem: str, inst: str, cfg):
 
 
 def measure(runs: Path, student: str, val_frames: int) -> dict:
-    from benchmarks.bench_distillation import student_data_config
+    from benchmarks.bench_distillation import ablation_dataroot, student_data_config
     from mapkd_core.data.dataset import MapDataset, spread
     from mapkd_core.errors import WeightsNotFoundError
     from mapkd_core.eval.evaluate import data_config_for, evaluate
@@ -87,7 +87,7 @@ def measure(runs: Path, student: str, val_frames: int) -> dict:
     if models['T'].cfg.grid != models['S'].cfg.grid:
         raise ValueError(f'teacher and student grids differ: {models["T"].cfg.grid} / {models["S"].cfg.grid}')
     # the students' data (the baseline recipe's line widths), loading every input the teacher reads
-    data_cfg = student_data_config()
+    data_cfg = student_data_config(ablation_dataroot(val_frames=val_frames))  # the ablation's frames, rendered
     ds = MapDataset(data_config_for(models['T'], data_cfg), split='geo_val')
     if val_frames:
         ds.frames = spread(ds.frames, val_frames)

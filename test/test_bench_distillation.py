@@ -139,6 +139,31 @@ def test_a_row_another_call_finishes_meanwhile_is_read_again_for_the_summary(mon
     assert payload['runs']['coach (C+simL+SD)']['scores']['geo_val']['miou'] == 0.41
 
 
+def test_every_row_trains_and_is_scored_on_the_subset_of_the_frames_it_reads(monkeypatch, tmp_path):
+    """The rows train on ``synthetic_drives[geo_train=<train frames>,geo_val=<val frames>]`` (only those frames
+    rendered) with the recipe's own data overrides kept, and are scored on the same dataroot."""
+    from mapkd_core.data.dataroot import parse_subset
+    from mapkd_core.train.config import load_train_config
+    seen = {}
+
+    def fake_train(recipe, out, over):
+        seen['data'] = load_train_config(recipe, over).data_overrides
+        return {'weights': str(out / 'student_edge.safetensors'), 'steps': 1, 'train_seconds': 1.0}
+
+    def fake_eval(run, val_frames, workers, mini_frames=0, train_frames=bd.TRAIN_FRAMES):
+        seen['eval'] = bd.ablation_dataroot(train_frames, val_frames)
+        return _scores(0.40, 0.42)['scores']
+    monkeypatch.setattr(bd, 'train', fake_train)
+    monkeypatch.setattr(bd, 'evaluate_run', fake_eval)
+    monkeypatch.setattr(bd, 'write_result', lambda name, payload: tmp_path / f'{name}.json')
+    monkeypatch.setattr(bd, 'chart', lambda payload, path: path)
+    bd.run(tmp_path, seeds=1, val_frames=30, workers=0, train_frames=40, only=('student_baseline_s0',))
+    assert seen['data']['dataset']['dataroot'] == seen['eval'] == 'synthetic_drives[geo_train=40,geo_val=30]'
+    assert seen['data']['map_gt'] == {'line_width': 3, 'overlap_extra_width': 2}  # the recipe's, kept
+    assert parse_subset(bd.ablation_dataroot()) == (('geo_train', bd.TRAIN_FRAMES), ('geo_val', bd.VAL_FRAMES))
+    assert bd.student_data_config(seen['eval']).dataset.dataroot == seen['eval']
+
+
 def test_the_ablation_proper_excludes_the_tuning_attempts_and_decides_completeness():
     """Without --attempts a call plans the issue's rows only (frozen models, baseline and MapKD seeds, single-loss
     rows); the attempts are extra rows, trained when asked for."""

@@ -182,6 +182,57 @@ def test_same_seed_same_bytes_and_a_killed_run_resumes(small_root, tmp_path, mon
     assert _digest(out) == _digest(small_root)
 
 
+def test_a_subset_holds_the_same_frames_as_the_full_dataset(small_root, tmp_path):
+    """``subset``: only the frames ``spread`` picks from each drive split, the same bytes (cameras, LiDAR with its
+    two previous keyframes as sweeps, poses), the real-track scenes whole, and far fewer keyframes rendered."""
+    from mapkd_core.data.dataset import spread
+    from mapkd_core.data.lidar import load_lidar
+    # SMALL has two drives of three keyframes per split: 3 of geo_train's 6 are k = 0, 2 of one drive and k = 1 of
+    # the other, so two LiDAR-only keyframes (k = 1 and k = 0 before them) are rendered as their sweeps
+    cfg = SynthConfig(**{**SMALL.__dict__, 'subset': (('geo_train', 3), ('geo_val', 2))})
+    sub = generate(tmp_path / 'sub', cfg, progress=False)
+    for split, count in cfg.subset:
+        full = NuScenesIndex(small_root, 'v1.0-mini', split, lidar_sweeps=3)
+        part = NuScenesIndex(sub, 'v1.0-mini', split, lidar_sweeps=3)
+        picked = spread(list(full), count)
+        assert len(full) > count and [f.token for f in part] == [f.token for f in picked]
+        # every train limit the full dataset could be read with picks the same frames here
+        assert [f.token for f in spread(list(part), count)] == [f.token for f in picked]
+        for a, b in zip(picked, part):
+            assert [c.path.read_bytes() for c in a.cameras] == [c.path.read_bytes() for c in b.cameras]
+            assert len(a.lidar) == len(b.lidar) and [s.timestamp for s in a.lidar] == [s.timestamp for s in b.lidar]
+            assert np.array_equal(load_lidar(a), load_lidar(b))
+            assert np.array_equal(a.ego_to_global, b.ego_to_global)
+    assert [f.token for f in NuScenesIndex(sub, 'v1.0-mini', 'mini_train')] == \
+        [f.token for f in NuScenesIndex(small_root, 'v1.0-mini', 'mini_train')]
+    keyframes = len(list((sub / 'samples' / 'LIDAR_TOP').iterdir()))
+    assert keyframes == 3 + 2 + 3 < len(list((small_root / 'samples' / 'LIDAR_TOP').iterdir()))
+    assert len(list((sub / 'sweeps' / 'LIDAR_TOP').iterdir())) == 2 and not (sub / 'sweeps' / 'CAM_FRONT').exists()
+    # the table and the splits name what the dataroot holds (the devkit loads it)
+    with gzip.open(sub / 'drives.json.gz', 'rt') as fh:
+        rows = {(r['scene'], r['k']) for r in json.load(fh)['keyframes']}
+    held = [f.scene_name for split in ('geo_train', 'geo_val') for f in NuScenesIndex(sub, 'v1.0-mini', split)]
+    assert len(rows) == len(held) == 5 and {n for n, _ in rows} == set(held)
+    import yaml
+    splits = yaml.safe_load((sub / 'splits.yaml').read_text())
+    assert set(splits['geo_train'] + splits['geo_val']) == set(held)
+
+
+def test_a_subset_is_named_and_checked():
+    from mapkd_core.data.dataroot import parse_subset
+    from mapkd_core.errors import UsageError
+    assert parse_subset('synthetic_drives[geo_train=1200,geo_val=300]') == (('geo_train', 1200), ('geo_val', 300))
+    assert parse_subset('synthetic_drives[geo_val=0]') == (('geo_val', 0),)
+    for bad in ('synthetic_drives[geo_tr=5]', 'synthetic_drives[geo_train=-1]', 'synthetic_drives[geo_train]',
+                'synthetic_drives[geo_train=5,geo_train=6]', 'synthetic_drives[geo_train=5'):
+        with pytest.raises(UsageError, match='synthetic_drives'):
+            parse_subset(bad)
+    with pytest.raises(UsageError, match='drives'):
+        SynthConfig(subset=(('geo_train', 5),)).validate()
+    with pytest.raises(UsageError, match='subset'):
+        SynthConfig(drives=True, subset=(('mini_val', 5),)).validate()
+
+
 def _has_dividers(drive) -> bool:
     mgt = MapGroundTruth(bundled_dataroot(), DataConfig().grid)
     key_pose = ego_pose_2d(drive.scene, keyframe_times(drive.scene, 0)[2])

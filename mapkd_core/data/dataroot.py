@@ -17,6 +17,8 @@ def resolve_data_path(value, base: Path | None = None) -> Path:
     """Resolve a path from a config: ``bundled`` / ``bundled/<sub>`` name the bundled data, ``synthetic`` the
     default synthetic dataset (generated into the cache on first use: all ten scenes, keyframes, 800x450, seed 0),
     ``synthetic_drives`` the same scenes plus the virtual drives with the geo_train / geo_val splits (704x396),
+    ``synthetic_drives[geo_train=1200,geo_val=300]`` only those frames of its drive splits (as ``train_limit`` /
+    ``limit`` would pick them from the whole one: the same bytes, a quarter of the rendering; see ``parse_subset``),
     a relative path is taken relative to ``base`` (default: the current directory), ``~`` is expanded."""
     text = str(value)
     if text == 'synthetic':
@@ -25,6 +27,10 @@ def resolve_data_path(value, base: Path | None = None) -> Path:
     if text == 'synthetic_drives':
         from .synth.cache import DRIVES, synthetic_dataroot
         return synthetic_dataroot(DRIVES)
+    if text.startswith('synthetic_drives['):
+        import dataclasses
+        from .synth.cache import DRIVES, synthetic_dataroot
+        return synthetic_dataroot(dataclasses.replace(DRIVES, subset=parse_subset(text)))
     if text == 'bundled' or text.startswith('bundled/'):
         root = bundled_dataroot()
         return root if text == 'bundled' else root / text[len('bundled/'):]
@@ -32,3 +38,23 @@ def resolve_data_path(value, base: Path | None = None) -> Path:
     if not path.is_absolute() and base is not None:
         path = Path(base) / path
     return path
+
+
+def parse_subset(text: str) -> tuple[tuple[str, int], ...]:
+    """``synthetic_drives[geo_train=1200,geo_val=300]`` -> (('geo_train', 1200), ('geo_val', 300)); a count of 0
+    keeps the whole split. Raises UsageError naming the bad part."""
+    from ..errors import UsageError
+    from .synth.generate import SUBSET_SPLITS
+    usage = (f'{text!r}: expected synthetic_drives[<split>=<count>,...] with split in {", ".join(SUBSET_SPLITS)} '
+             'and count >= 0 (0: the whole split)')
+    if not (text.startswith('synthetic_drives[') and text.endswith(']')):
+        raise UsageError(usage)
+    items = []
+    for part in text[len('synthetic_drives['):-1].split(','):
+        split, eq, count = part.strip().partition('=')
+        if not eq or split.strip() not in SUBSET_SPLITS or not count.strip().isdigit():
+            raise UsageError(f'{usage}; bad part {part!r}')
+        items.append((split.strip(), int(count)))
+    if len({s for s, _ in items}) < len(items):
+        raise UsageError(f'{usage}; a split is named twice')
+    return tuple(items)

@@ -480,11 +480,13 @@ def min_train_val_distance(rows: list[dict]) -> float:
     return best
 
 
-def write_plan_files(root: Path, plan: DrivePlan, rows: list[dict]) -> None:
-    """``splits.yaml`` (geo_train / geo_val scene lists, read by the index) and ``drives.json.gz`` (keyframes)."""
+def write_plan_files(root: Path, plan: DrivePlan, rows: list[dict], present: set[str] | None = None) -> None:
+    """``splits.yaml`` (geo_train / geo_val scene lists, read by the index) and ``drives.json.gz`` (keyframes);
+    ``present``: the scenes the dataroot holds (a subset leaves some drives out), default all."""
     import yaml
-    (root / 'splits.yaml').write_text(yaml.safe_dump(plan.split_names(), default_flow_style=False),
-                                      encoding='utf-8')
+    splits = {split: [n for n in names if present is None or n in present]
+              for split, names in plan.split_names().items()}
+    (root / 'splits.yaml').write_text(yaml.safe_dump(splits, default_flow_style=False), encoding='utf-8')
     data = json.dumps({'summary': plan_summary(plan, rows), 'keyframes': rows}, sort_keys=True).encode()
     with open(root / 'drives.json.gz', 'wb') as raw, gzip.GzipFile(fileobj=raw, mode='wb', mtime=0) as fh:
         fh.write(data)  # mtime 0: the same plan gives the same bytes

@@ -46,6 +46,7 @@ from .world import CityWorld
 
 GENERATOR_VERSION = 1
 LIDAR = 'LIDAR_TOP'
+SUBSET_SPLITS = ('geo_train', 'geo_val')
 KEYFRAME_HZ = 2.0
 CAMERA_HZ = 12.0
 LIDAR_HZ = 20.0
@@ -72,6 +73,14 @@ class SynthConfig:
     val_keyframes: int = 1000
     scene_seconds: float = 20.0
     cover_crossings: bool = True
+    # with ``drives``: render only some keyframes of a drive split, ((split, count), ...): the ``count`` keyframes
+    # that ``dataset.spread`` picks from the whole split (count 0: all of it), with byte-identical data (every
+    # keyframe is seeded on its own), so a run that reads ``train_limit`` / ``limit`` frames of the full dataset
+    # reads the same frames here at a fraction of the rendering (see ``subset_plan``)
+    subset: tuple = ()
+    # with ``subset``: the LiDAR of this many keyframes before each kept one, kept as its sweeps (the full dataset
+    # has them as the previous keyframes' LiDAR: the loader's ``lidar_sweeps: 3`` reads two)
+    lidar_history: int = 2
 
     def plan_config(self):
         from .drives import DrivePlanConfig
@@ -97,6 +106,20 @@ class SynthConfig:
                 raise UsageError(f'--val-keyframes must be >= 0, got {self.val_keyframes}')
             if self.scene_seconds < 6:
                 raise UsageError(f'drives: scene_seconds must be >= 6, got {self.scene_seconds}')
+        if self.subset:
+            if not self.drives:
+                raise UsageError('subset: only a dataset with virtual drives (drives=True) has splits to subset')
+            seen = set()
+            for item in self.subset:
+                if (not isinstance(item, (tuple, list)) or len(item) != 2 or item[0] not in SUBSET_SPLITS
+                        or isinstance(item[1], bool) or not isinstance(item[1], int) or item[1] < 0):
+                    raise UsageError(f'subset: each item must be (split, count >= 0) with split in {SUBSET_SPLITS}, '
+                                     f'got {item!r}')
+                if item[0] in seen:
+                    raise UsageError(f'subset: split {item[0]!r} named twice')
+                seen.add(item[0])
+        if self.lidar_history < 0:
+            raise UsageError(f'lidar_history must be >= 0, got {self.lidar_history}')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -203,11 +226,13 @@ class SceneRenderer:
                 j += 1
         return times
 
-    def render(self, scene_name: str, k: int, t_key: float, t_next: float | None = None):
+    def render(self, scene_name: str, k: int, t_key: float, t_next: float | None = None, lidar_only: bool = False):
         """Yield (channel, frame index, time, ego pose, data, labels) for keyframe k of a scene and its sweeps.
 
         Camera data is uint8 RGB with its ground-class labels (see ``world.GROUND_CLASS_NAMES``); LiDAR data is the
         (N, 5) float32 point array and ``None``. Everything is seeded by (seed, scene, keyframe, frame).
+        ``lidar_only`` skips the cameras: the LiDAR frames are the same bytes (they draw from their own seeds and
+        read the ground classes, which are worn before any camera-only draw).
         """
         cfg = self.cfg
         scene = self.tracks[scene_name]
@@ -218,10 +243,11 @@ class SceneRenderer:
         key_pose = ego_pose_2d(scene, t_key)
         ground = world.ground(key_pose, cfg.render_range, cfg.texture_resolution)
         ground.classes = wear_markings(ground.classes, style.wear, rng)
-        texture = colour_texture(ground.classes, style, rng)
-        cast_shadows(texture, ground, self.boxes(scene, t_key, key_pose), style)
         key_inv = np.linalg.inv(ego_to_map_2d(key_pose))
-        for ci, ch in enumerate(CAMERAS):
+        if not lidar_only:
+            texture = colour_texture(ground.classes, style, rng)
+            cast_shadows(texture, ground, self.boxes(scene, t_key, key_pose), style)
+        for ci, ch in enumerate(() if lidar_only else CAMERAS):
             for j, t in enumerate(self._frame_times(ch, CAMERA_HZ, cfg.camera_sweeps, t_key, t_next)):
                 pose = ego_pose_2d(scene, t)
                 rel = key_inv @ ego_to_map_2d(pose)
@@ -236,14 +262,17 @@ class SceneRenderer:
                                   np.random.default_rng([cfg.seed, num, k, 100 + j]))
             yield LIDAR, j, t, pose, pts, None
 
-    def keyframe(self, out: Path, scene_name: str, k: int, t_key: float, t_next: float | None) -> list[dict]:
-        """Render keyframe k of a scene and its sweeps, write the files; returns the sample_data records."""
+    def keyframe(self, out: Path, scene_name: str, k: int, t_key: float, t_next: float | None,
+                 lidar_only: bool = False) -> list[dict]:
+        """Render keyframe k of a scene and its sweeps, write the files; returns the sample_data records.
+        ``lidar_only``: only its LiDAR frames, all written as sweeps (the history of a later kept keyframe)."""
         base = scene_base_us(scene_name)
         logfile = f'synth-{scene_name}'
         records = []
-        for ch, j, t, pose, data, _ in self.render(scene_name, k, t_key, t_next):
+        for ch, j, t, pose, data, _ in self.render(scene_name, k, t_key, t_next, lidar_only=lidar_only):
             ts = base + int(round(t * 1e6))
-            folder = 'samples' if j == 0 else 'sweeps'
+            key = j == 0 and not lidar_only
+            folder = 'samples' if key else 'sweeps'
             if ch == LIDAR:
                 rel_path = f'{folder}/{ch}/{logfile}__{ch}__{ts}.pcd.bin'
                 (out / rel_path).write_bytes(data.astype(np.float32).tobytes())
@@ -256,7 +285,7 @@ class SceneRenderer:
                     raise RuntimeError(f'JPEG encoding failed for {rel_path}')
                 (out / rel_path).write_bytes(buf.tobytes())
                 size = (self.cfg.width, self.cfg.height)
-            records.append(dict(channel=ch, t=t, timestamp=ts, key=j == 0, filename=rel_path, pose=pose,
+            records.append(dict(channel=ch, t=t, timestamp=ts, key=key, filename=rel_path, pose=pose,
                                 width=size[0], height=size[1]))
         return records
 
@@ -271,8 +300,29 @@ def _init_worker(cfg: SynthConfig, source: str, drives: dict | None = None) -> N
 
 
 def _run_task(args):
-    out, scene_name, k, t_key, t_next = args
-    return scene_name, k, _WORKER.keyframe(Path(out), scene_name, k, t_key, t_next)
+    out, scene_name, k, t_key, t_next, lidar_only = args
+    return scene_name, k, _WORKER.keyframe(Path(out), scene_name, k, t_key, t_next, lidar_only)
+
+
+def subset_plan(cfg: SynthConfig, scenes: dict[str, SceneTracks], splits: dict[str, list[str]]
+                ) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+    """With ``cfg.subset``: per drive scene of a subset split, the keyframes to render in full and the earlier ones
+    to render for their LiDAR only. The kept ones are those ``dataset.spread(frames, count)`` picks from the split's
+    frames in the index's order (scenes sorted by name, keyframes by time), so a run reading ``count`` frames of the
+    full dataset reads these. Scenes of other splits (the real tracks) are not in the result: all of them render."""
+    from ..dataset import spread
+    keep: dict[str, set[int]] = {}
+    history: dict[str, set[int]] = {}
+    for split, count in cfg.subset:
+        frames = [(name, k) for name in sorted(splits.get(split, ()))
+                  for k in range(len(keyframe_times(scenes[name], cfg.limit)))]
+        keep.update({name: set() for name in splits.get(split, ())})
+        for name, k in spread(frames, count):
+            keep[name].add(k)
+    for name, ks in keep.items():
+        earlier = {k - d for k in ks for d in range(1, cfg.lidar_history + 1) if k - d >= 0}
+        history[name] = earlier - ks
+    return keep, history
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -294,7 +344,10 @@ def build_tables(cfg: SynthConfig, rig: Rig, scenes: dict[str, SceneTracks], rec
             calib[ch] = token('calibrated_sensor', name, ch)
             tables['calibrated_sensor'].append(calibrated_row(calib[ch], rig.sensor_token[ch], rig.sensor_to_ego[ch],
                                                               rig.intrinsic.get(ch)))
-        keys = sorted(k for (s, k) in records if s == name)
+        rendered = sorted(k for (s, k) in records if s == name)
+        # keyframes have their LiDAR keyframe; the others (a subset's LiDAR history) are sweeps of the next keyframe
+        keys = [k for k in rendered if any(r['channel'] == LIDAR and r['key'] for r in records[(name, k)])]
+        sample_of = {k: min(kk for kk in keys if kk >= k) for k in rendered}
         samples = []
         for k in keys:
             lidar_key = next(r for r in records[(name, k)] if r['channel'] == LIDAR and r['key'])
@@ -307,14 +360,14 @@ def build_tables(cfg: SynthConfig, rig: Rig, scenes: dict[str, SceneTracks], rec
                                 'name': name, 'description': f'synthetic rendering of {what}',
                                 'first_sample_token': samples[0]['token'], 'last_sample_token': samples[-1]['token']})
         per_channel: dict[str, list[dict]] = {}
-        for k in keys:
+        for k in rendered:
             for r in records[(name, k)]:
                 sd_tok = token('sample_data', name, r['channel'], r['timestamp'])
                 x, y = r['pose'][:2, 3]
                 yaw = float(np.arctan2(r['pose'][1, 0], r['pose'][0, 0]))
                 tables['ego_pose'].append(pose_row(sd_tok, r['timestamp'], x, y, yaw))
                 per_channel.setdefault(r['channel'], []).append({
-                    'token': sd_tok, 'sample_token': token('sample', name, k), 'ego_pose_token': sd_tok,
+                    'token': sd_tok, 'sample_token': token('sample', name, sample_of[k]), 'ego_pose_token': sd_tok,
                     'calibrated_sensor_token': calib[r['channel']], 'timestamp': r['timestamp'],
                     'fileformat': 'jpg' if r['channel'] != LIDAR else 'pcd', 'is_key_frame': r['key'],
                     'height': r['height'], 'width': r['width'], 'filename': r['filename']})
@@ -376,6 +429,11 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite
             print('mapkd-synth: planning virtual drives over the bundled maps ...', flush=True)
         plan = plan_drives(source, cfg.plan_config())
         scenes.update({d.name: d.scene for d in plan.drives})
+    keep: dict[str, set[int]] = {}
+    history: dict[str, set[int]] = {}
+    if cfg.subset:
+        keep, history = subset_plan(cfg, scenes, plan.split_names())
+        scenes = {n: s for n, s in scenes.items() if n not in keep or keep[n]}  # drives with no kept keyframe
     tmp = out.with_name(out.name + '.partial')
     params = json.dumps(_params(cfg), sort_keys=True)
     if tmp.exists() and not ((tmp / 'params.json').is_file()
@@ -391,8 +449,10 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite
         times = keyframe_times(scene, cfg.limit)
         all_times = keyframe_times(scene, 0)
         for k, t in enumerate(times):
+            if name in keep and k not in keep[name] and k not in history[name]:
+                continue
             t_next = all_times[k + 1] if k + 1 < len(all_times) else None
-            tasks.append((str(tmp), name, k, t, t_next))
+            tasks.append((str(tmp), name, k, t, t_next, name in keep and k not in keep[name]))
     records: dict = {}
     todo = []
     for task in tasks:
@@ -435,7 +495,10 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite
     shutil.copyfile(source / 'LICENSE', tmp / 'LICENSE')
     if plan is not None:
         from .drives import keyframe_table, write_plan_files
-        write_plan_files(tmp, plan, keyframe_table(plan, source, cfg.limit))
+        rows = keyframe_table(plan, source, cfg.limit)
+        if cfg.subset:  # the table and the splits list what this dataroot holds
+            rows = [r for r in rows if r['scene'] not in keep or r['k'] in keep[r['scene']]]
+        write_plan_files(tmp, plan, rows, present=set(scenes))
     (tmp / 'README.md').write_text(_readme(cfg, scenes), encoding='utf-8')
     (tmp / 'synth.json').write_text(json.dumps({'generator_version': GENERATOR_VERSION, **_params(cfg),
                                                 'scenes': names}, indent=1, sort_keys=True), encoding='utf-8')
@@ -470,6 +533,11 @@ def _readme(cfg: SynthConfig, scenes: dict[str, SceneTracks]) -> str:
         lines[-3:-3] = ['Virtual drives (`drive-NNNNN`) follow the lane graph of the whole bundled maps; `splits.yaml` '
                         'holds the geographically held-out splits geo_train / geo_val and `drives.json.gz` one row '
                         'per drive keyframe (pose, split, what its patch holds) with a summary.', '']
+    if cfg.subset:
+        lines[-3:-3] = ['A subset: of the drive splits only ' + ', '.join(
+            f'{count or "all"} keyframes of {split}' for split, count in cfg.subset) + ' (spread over the split as '
+            f'`dataset.spread` picks them), each with the LiDAR of its {cfg.lidar_history} previous keyframes as '
+            'sweeps; the same bytes as those frames of the full dataset.', '']
     lines += [f'| {n} | {s.city} |' for n, s in sorted(scenes.items())]
     return '\n'.join(lines) + '\n'
 
