@@ -233,6 +233,15 @@ def test_a_subset_is_named_and_checked():
         SynthConfig(drives=True, subset=(('mini_val', 5),)).validate()
 
 
+def test_mapkd_synth_subset_option_rejects_bad_values(tmp_path, capsys):
+    main = generate_module.main
+    assert main(['--out', str(tmp_path / 'a'), '--drives', '--subset', 'geo_tr=5', '--quiet']) == 2
+    assert "bad part 'geo_tr=5'" in capsys.readouterr().err
+    assert main(['--out', str(tmp_path / 'b'), '--subset', 'geo_train=5', '--quiet']) == 2  # no drives to subset
+    assert 'drives' in capsys.readouterr().err
+    assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
+
+
 def _has_dividers(drive) -> bool:
     mgt = MapGroundTruth(bundled_dataroot(), DataConfig().grid)
     key_pose = ego_pose_2d(drive.scene, keyframe_times(drive.scene, 0)[2])

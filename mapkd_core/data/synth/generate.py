@@ -15,6 +15,7 @@ official ``mini_train`` / ``mini_val`` splits apply: mini_val is scene-0103 (bos
 Deterministic for a seed: the same arguments give identical bytes. Usage::
 
     mapkd-synth --out data/synth [--scenes scene-0061,scene-0103] [--seed 0] [--limit 10] [--width 800]
+    mapkd-synth --out data/drives --drives --width 704 [--subset geo_train=1200,geo_val=300]
 """
 from __future__ import annotations
 
@@ -555,14 +556,23 @@ def main(argv=None) -> int:
                    help='add virtual drives over the whole maps with the geo_train / geo_val splits')
     p.add_argument('--train-keyframes', type=int, default=6000, help='with --drives: geo_train keyframes (at least)')
     p.add_argument('--val-keyframes', type=int, default=1000, help='with --drives: geo_val keyframes (at least)')
+    p.add_argument('--subset', default='',
+                   help='with --drives: only these frames of the drive splits, e.g. geo_train=1200,geo_val=300 (the '
+                        'frames a train_limit / limit of the full dataset reads, the same bytes; 0 = the whole split)')
     p.add_argument('--workers', type=int, default=0, help='processes (default: up to 2)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
     p.add_argument('--quiet', action='store_true')
     args = p.parse_args(argv)
+    try:
+        from ..dataroot import parse_subset
+        subset = parse_subset(f'synthetic_drives[{args.subset}]') if args.subset else ()
+    except UsageError as exc:
+        print(f'mapkd-synth: error: --subset: {exc}', file=sys.stderr)
+        return 2
     cfg = SynthConfig(scenes=tuple(s for s in args.scenes.split(',') if s), seed=args.seed, limit=args.limit,
                       width=args.width, camera_sweeps=args.camera_sweeps, lidar_sweeps=args.lidar_sweeps,
                       workers=args.workers, drives=args.drives, train_keyframes=args.train_keyframes,
-                      val_keyframes=args.val_keyframes)
+                      val_keyframes=args.val_keyframes, subset=subset)
     try:
         generate(args.out, cfg, progress=not args.quiet, overwrite=args.overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
