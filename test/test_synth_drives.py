@@ -236,7 +236,7 @@ def test_a_subset_is_named_and_checked():
 def test_mapkd_synth_subset_option_rejects_bad_values(tmp_path, capsys):
     main = generate_module.main
     assert main(['--out', str(tmp_path / 'a'), '--drives', '--subset', 'geo_tr=5', '--quiet']) == 2
-    assert "bad part 'geo_tr=5'" in capsys.readouterr().err
+    assert "'geo_tr', 5" in capsys.readouterr().err  # the bad item named
     assert main(['--out', str(tmp_path / 'b'), '--subset', 'geo_train=5', '--quiet']) == 2  # no drives to subset
     assert 'drives' in capsys.readouterr().err
     assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()

@@ -44,17 +44,20 @@ def parse_subset(text: str) -> tuple[tuple[str, int], ...]:
     """``synthetic_drives[geo_train=1200,geo_val=300]`` -> (('geo_train', 1200), ('geo_val', 300)); a count of 0
     keeps the whole split. Raises UsageError naming the bad part."""
     from ..errors import UsageError
-    from .synth.generate import SUBSET_SPLITS
-    usage = (f'{text!r}: expected synthetic_drives[<split>=<count>,...] with split in {", ".join(SUBSET_SPLITS)} '
+    from .synth.drives import DRIVE_SPLITS
+    from .synth.generate import SynthConfig
+    usage = (f'{text!r}: expected synthetic_drives[<split>=<count>,...] with split in {", ".join(DRIVE_SPLITS)} '
              'and count >= 0 (0: the whole split)')
     if not (text.startswith('synthetic_drives[') and text.endswith(']')):
         raise UsageError(usage)
     items = []
     for part in text[len('synthetic_drives['):-1].split(','):
         split, eq, count = part.strip().partition('=')
-        if not eq or split.strip() not in SUBSET_SPLITS or not count.strip().isdigit():
+        if not eq or not count.strip().isdigit():
             raise UsageError(f'{usage}; bad part {part!r}')
         items.append((split.strip(), int(count)))
-    if len({s for s, _ in items}) < len(items):
-        raise UsageError(f'{usage}; a split is named twice')
+    try:  # the split names and repeats: the generator's own check
+        SynthConfig(drives=True, subset=tuple(items)).validate()
+    except UsageError as exc:
+        raise UsageError(f'{usage}; {exc}') from None
     return tuple(items)

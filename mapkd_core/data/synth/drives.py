@@ -41,6 +41,8 @@ KEYFRAME_HZ = 2.0
 MIN_SECONDS = 6.0  # shorter drives (dead ends, region edges) are dropped
 MAX_LAT_ACC = 2.0
 DRIVE_PREFIX = 'drive-'
+#: the named splits of the drives (``splits.yaml``), in this order
+DRIVE_SPLITS = ('geo_train', 'geo_val')
 
 
 @dataclass(frozen=True)
@@ -355,7 +357,7 @@ def plan_drives(dataroot: Path, cfg: DrivePlanConfig) -> DrivePlan:
         for c in CITIES:  # crossings inside the val region first, then those a train drive can see
             _cover_crossings(cities[c], drives, try_drive, add, 'geo_val', rng, reach=0.0)
         for _ in range(3):  # then the band between the regions; later rounds draw other routes
-            for split in ('geo_train', 'geo_val'):
+            for split in DRIVE_SPLITS:
                 for c in CITIES:
                     _cover_crossings(cities[c], drives, try_drive, add, split, rng)
     spread('geo_val')
@@ -459,7 +461,7 @@ def keyframe_table(plan: DrivePlan, dataroot: Path, limit: int = 0) -> list[dict
 def plan_summary(plan: DrivePlan, rows: list[dict]) -> dict:
     """Counts, per-split shares, the train-val minimum distance and crossing coverage."""
     out: dict = {'drives': len(plan.drives), 'uncovered_crossings': dict(plan.uncovered)}
-    for split in ('geo_train', 'geo_val'):
+    for split in DRIVE_SPLITS:
         r = [x for x in rows if x['split'] == split]
         out[split] = {'keyframes': len(r), 'scenes': len({x['scene'] for x in r}),
                       'per_city': {c: sum(x['city'] == c for x in r) for c in CITIES},

@@ -38,7 +38,7 @@ from ...geometry import make_transform, scale_intrinsics
 from ...paths import bundled_dataroot
 from ..patch import ego_to_map_2d
 from .camera import Box, CameraModel
-from .drives import DRIVE_PREFIX
+from .drives import DRIVE_PREFIX, DRIVE_SPLITS
 from .lidar_sim import LidarModel
 from .style import AGENT_PALETTE, Style, cast_shadows, colour_texture, finish_image, wear_markings
 from .tables import calibrated_row, link, pose_row, token, write_tables
@@ -47,7 +47,6 @@ from .world import CityWorld
 
 GENERATOR_VERSION = 1
 LIDAR = 'LIDAR_TOP'
-SUBSET_SPLITS = ('geo_train', 'geo_val')
 KEYFRAME_HZ = 2.0
 CAMERA_HZ = 12.0
 LIDAR_HZ = 20.0
@@ -112,9 +111,9 @@ class SynthConfig:
                 raise UsageError('subset: only a dataset with virtual drives (drives=True) has splits to subset')
             seen = set()
             for item in self.subset:
-                if (not isinstance(item, (tuple, list)) or len(item) != 2 or item[0] not in SUBSET_SPLITS
+                if (not isinstance(item, (tuple, list)) or len(item) != 2 or item[0] not in DRIVE_SPLITS
                         or isinstance(item[1], bool) or not isinstance(item[1], int) or item[1] < 0):
-                    raise UsageError(f'subset: each item must be (split, count >= 0) with split in {SUBSET_SPLITS}, '
+                    raise UsageError(f'subset: each item must be (split, count >= 0) with split in {DRIVE_SPLITS}, '
                                      f'got {item!r}')
                 if item[0] in seen:
                     raise UsageError(f'subset: split {item[0]!r} named twice')
@@ -450,10 +449,11 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True, overwrite
         times = keyframe_times(scene, cfg.limit)
         all_times = keyframe_times(scene, 0)
         for k, t in enumerate(times):
-            if name in keep and k not in keep[name] and k not in history[name]:
+            lidar_only = k in history.get(name, ())
+            if name in keep and k not in keep[name] and not lidar_only:
                 continue
             t_next = all_times[k + 1] if k + 1 < len(all_times) else None
-            tasks.append((str(tmp), name, k, t, t_next, name in keep and k not in keep[name]))
+            tasks.append((str(tmp), name, k, t, t_next, lidar_only))
     records: dict = {}
     todo = []
     for task in tasks:
