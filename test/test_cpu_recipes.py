@@ -73,6 +73,28 @@ def test_cpu_recipe_builds_and_takes_a_training_step(name, tmp_path, small_data,
     assert torch.isfinite(torch.tensor(result['history'][-1]['train_total']))
 
 
+def test_the_coach_recipe_starts_from_the_teacher(tmp_path, small_data, cpu_frozen):
+    """coach_cpu's init: every teacher tensor of the shared layout (camera branch, SD fusion, BEV layers, semantic
+    decoder) copied, the simulated-LiDAR branch and the instance heads left to their own initialisation."""
+    from mapkd_core.models.io import read_weights
+    shipped = recipe_dict('coach_cpu')['init']
+    assert shipped['path'] == recipe_dict('coach_cpu')['teacher']  # the teacher it distils from
+    trainer = Trainer(load_train_config(write(tmp_path, 'coach', recipe('coach_cpu', small_data, cpu_frozen))),
+                      tmp_path / 'run', progress=False)
+    own = trainer.stage.model.state_dict()
+    teacher, _ = read_weights(cpu_frozen['teacher'])
+    shared = [k for k in own if k in teacher]
+    assert {k.split('.')[0] for k in shared} == {'camera', 'sd', 'conv_bev', 'conv_up', 'decoder'}
+    for key in shared:
+        assert torch.equal(own[key], teacher[key]), key
+    fresh = [k for k in own if k not in teacher]
+    assert fresh and all(k.startswith(('sim_lidar.', 'decoder.heads.embedding.', 'decoder.heads.direction.'))
+                         for k in fresh)
+    # the untrained coach package differs from the teacher's there: the copy is the recipe's doing
+    coach, _ = read_weights(cpu_frozen['coach'])
+    assert not all(torch.equal(coach[k], teacher[k]) for k in shared if k.startswith('conv_bev.'))
+
+
 def first_batch_losses(cfg_path: Path, out: Path) -> dict:
     trainer = Trainer(load_train_config(cfg_path), out, progress=False, resume=False)
     torch.manual_seed(0)

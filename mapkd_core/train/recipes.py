@@ -9,8 +9,10 @@ import yaml
 
 from ..paths import config_dir
 
-#: the models a student / coach / teacher recipe reads as frozen weights (the teacher's ``init`` is the HD prior)
+#: the models a student / coach / teacher recipe reads as frozen weights
 FROZEN_ROLES = ('hd_prior', 'teacher', 'coach')
+#: the frozen model a stage's ``init`` starts from: the teacher's HD head from the HD prior, the coach from the teacher
+INIT_ROLE = {'teacher': 'hd_prior', 'coach': 'teacher'}
 
 
 def recipe_dict(name: str) -> dict:
@@ -32,12 +34,12 @@ def untrained_frozen(folder: Path, suffix: str = '_cpu', seed: int = 0) -> dict[
 
 
 def with_frozen(cfg: dict, frozen: dict[str, Path]) -> dict:
-    """``cfg`` (a recipe mapping) with its teacher / coach weights and its ``init`` (the teacher's HD prior) replaced by
-    the packages in ``frozen`` (from :func:`untrained_frozen`); keys the recipe does not have stay absent."""
+    """``cfg`` (a recipe mapping) with its teacher / coach weights and its ``init`` (``INIT_ROLE`` of its stage)
+    replaced by the packages in ``frozen`` (from :func:`untrained_frozen`); keys the recipe does not have stay absent."""
     cfg = dict(cfg)
     for role in ('teacher', 'coach'):
         if role in cfg:
             cfg[role] = str(frozen[role])
     if cfg.get('init'):
-        cfg['init'] = {**cfg['init'], 'path': str(frozen['hd_prior'])}
+        cfg['init'] = {**cfg['init'], 'path': str(frozen[INIT_ROLE[cfg['stage']]])}
     return cfg
