@@ -112,9 +112,20 @@ ATTEMPTS = {
     # at the teacher's weights instead of the method's 0.001: does a camera-only coach carry what the student can use?
     "MapKD, the coach's terms as the teacher's": {**MAPKD, 'msrd_coach': MAPKD['msrd_teacher'],
                                                   'tgpd_coach': MAPKD['tgpd_teacher']},
+    # round 14: the student's Lite0 encoder started from the coach's trained camera encoder (``init_from``, below;
+    # weight inheritance, not in the method), with the MapKD losses and without any (what the inheritance alone gives)
+    'MapKD, encoder from the coach': dict(MAPKD),
+    'baseline, encoder from the coach': {**MSRD_T, 'msrd_teacher': 0.0},
 }
-#: attempts that change the recipe beyond ``distill``: their other overrides
+#: attempts that change the recipe beyond ``distill``: their other overrides. ``init_from: <role>`` starts the
+#: student's image encoder from that frozen model's camera encoder (``ENCODER_INIT``, the path under ``--out``)
 RECIPE_OVERRIDES = {name: {'freeze_eval': True} for name in ATTEMPTS if name.endswith('frozen layers in eval mode')}
+RECIPE_OVERRIDES.update({name: {'init_from': 'coach'} for name in ATTEMPTS if name.endswith('encoder from the coach')})
+#: a student's ``init`` from a teacher's or coach's weights: its ``camera.encoder`` (the same Lite0 layout as the edge
+#: student's ``encoder``) copied, every other part of the frozen model skipped, the student's BEV neck left fresh
+ENCODER_INIT = {'rename': {'camera.encoder.': 'encoder.'},
+                'exclude': ['sim_lidar.', 'pillars.', 'sd.', 'conv_bev.', 'conv_up.', 'decoder.', 'hd.', 'hd_decoder.'],
+                'allow_uninitialized': ['neck.']}
 #: attempts trained with every seed, paired with the baseline seeds like MapKD (seed 0 is the attempt's own row):
 #: round 4's MSRD only (T) was the one distillation row above its baseline (docs/training.md)
 SEEDED_ATTEMPTS = ('MSRD only (T)',)
@@ -245,7 +256,7 @@ def needs(folder: str, over: dict) -> set[str]:
         return {'hd_prior'}
     if folder == 'coach':
         return {'teacher'}
-    return distilled_from(over.get('distill', {}))
+    return distilled_from(over.get('distill', {})) | ({over['init_from']} if over.get('init_from') else set())
 
 
 def distilled_from(distill: dict) -> set[str]:
@@ -377,6 +388,9 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
             over['init'] = {'path': str(out / 'hd_prior' / 'hd_prior.safetensors')}
         if stage == 'coach':  # its camera branch, SD fusion and decoder start from the teacher's (round 14)
             over['init'] = {'path': str(out / 'teacher' / 'teacher.safetensors')}
+        if over.get('init_from'):
+            role = over.pop('init_from')
+            over['init'] = {**ENCODER_INIT, 'path': str(out / role / f'{role}.safetensors')}
         frozen = distilled_from(over.get('distill', {}))
         if stage == 'coach' or 'teacher' in frozen:
             over['teacher'] = str(out / 'teacher' / 'teacher.safetensors')

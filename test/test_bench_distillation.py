@@ -183,6 +183,47 @@ def test_the_teacher_and_the_coach_start_from_the_weights_under_out(monkeypatch,
     assert 'pillars.' in seen['coach'].exclude and 'sim_lidar.' in seen['coach'].allow_uninitialized
 
 
+def test_encoder_inheritance_rows_wait_for_and_start_from_the_coach(monkeypatch, tmp_path):
+    """``init_from: coach`` rows need the coach, and start the student's encoder from the call's coach weights: every
+    encoder tensor the coach's camera encoder, the BEV neck the student's own initialisation."""
+    import warnings
+    import torch
+    from mapkd_core.models import build_model, save_weights
+    from mapkd_core.train.config import load_train_config
+    from mapkd_core.train.stages import init_from
+    rows = {f: o for _, f, _, o in bd.plan(1)}
+    assert bd.needs('student_baseline__encoder_from_the_coach', rows['student_baseline__encoder_from_the_coach']) \
+        == {'coach'}
+    assert bd.needs('student_mapkd__encoder_from_the_coach', rows['student_mapkd__encoder_from_the_coach']) \
+        == {'teacher', 'coach'}
+    torch.manual_seed(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        coach = build_model('coach_cpu')
+        save_weights(coach, tmp_path / 'coach' / 'coach.safetensors')
+        student = build_model('student_edge_cpu')
+    seen = {}
+
+    def fake_train(recipe, out, over):
+        seen[out.name] = load_train_config(recipe, over).init
+        return {'weights': str(out / 'student_edge.safetensors'), 'steps': 1, 'train_seconds': 1.0}
+    monkeypatch.setattr(bd, 'train', fake_train)
+    monkeypatch.setattr(bd, 'evaluate_run', lambda *a, **k: _scores(0.40, 0.42)['scores'])
+    monkeypatch.setattr(bd, 'write_result', lambda name, payload: tmp_path / f'{name}.json')
+    monkeypatch.setattr(bd, 'chart', lambda payload, path: path)
+    bd.run(tmp_path, seeds=1, val_frames=30, workers=0, train_frames=40, only=('student_baseline__encoder_from_the_coach',
+                                                                              'student_baseline_s0'))
+    assert seen['student_baseline_s0'] is None  # the baseline proper starts from ImageNet
+    init = seen['student_baseline__encoder_from_the_coach']
+    assert init.path == str(tmp_path / 'coach' / 'coach.safetensors')
+    neck_before = {k: v.clone() for k, v in student.state_dict().items() if k.startswith('neck.')}
+    init_from(student, init)
+    own, ref = student.state_dict(), coach.state_dict()
+    enc = [k for k in own if k.startswith('encoder.')]
+    assert enc and all(torch.equal(own[k], ref['camera.' + k]) for k in enc)
+    assert all(torch.equal(own[k], v) for k, v in neck_before.items())
+
+
 def test_the_ablation_proper_excludes_the_tuning_attempts_and_decides_completeness():
     """Without --attempts a call plans the issue's rows only (frozen models, baseline and MapKD seeds, single-loss
     rows); the attempts are extra rows, trained when asked for."""
