@@ -44,10 +44,10 @@ LONG = True
 TRAIN_FRAMES = 1200
 #: the geo_val frames every model is scored on (evenly spread over the 1,032; ``--val-frames``)
 VAL_FRAMES = 300
-#: epochs over those frames per stage (the recipes' batch sizes: 8 for the HD prior, 2 for the others); the coach
-#: trains as long as the students since round 6 (round 3's coach of 600 steps stayed below the baseline student)
-#: and the teacher a third epoch at lr / 10 (54.2 -> 61.3 mIoU; rounds 3-5 and runs/ablation_cpu4: 2 epochs); since
-#: round 14 the coach starts from the teacher and trains one epoch (45.4 geo_val mIoU after it, 42.7 after a second)
+#: epochs over those frames per stage (the recipes' batch sizes: 8 for the HD prior, 2 for the others); the teacher
+#: a third epoch at lr / 10 (54.2 -> 61.3 mIoU; rounds 3-5 and runs/ablation_cpu4: 2 epochs); the coach one epoch
+#: from the teacher's weights since round 14 (45.4 geo_val mIoU after it, 42.7 after a second; rounds 6-13: two
+#: epochs from ImageNet, 40.9-43.1)
 EPOCHS = {'hd_prior': 6, 'teacher': 3, 'coach': 1, 'student': 2}
 #: the epoch after which the learning rate drops 10x (default: never within the run, i.e. the stage's epochs)
 LR_STEP = {'hd_prior': 5, 'teacher': 2}
@@ -252,10 +252,9 @@ def plan(seeds: int, attempts: bool = True) -> list[tuple[str, str, str, dict]]:
 
 def needs(folder: str, over: dict) -> set[str]:
     """The run folders whose weights a run starts from or distils (they must be trained first)."""
-    if folder == 'teacher':
-        return {'hd_prior'}
-    if folder == 'coach':
-        return {'teacher'}
+    from mapkd_core.train.recipes import INIT_ROLE
+    if folder in INIT_ROLE:  # the teacher starts from the HD prior, the coach from the teacher
+        return {INIT_ROLE[folder]}
     return distilled_from(over.get('distill', {})) | ({over['init_from']} if over.get('init_from') else set())
 
 
@@ -370,6 +369,7 @@ def estimate(out: Path, seeds: int, jobs: int, attempts: bool = False) -> dict:
 
 def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int = TRAIN_FRAMES,
         mini_frames: int = 0, only: tuple = (), write: bool = True) -> dict:
+    from mapkd_core.train.recipes import INIT_ROLE
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     t_start = time.perf_counter()
     runs: dict[str, dict] = {}
@@ -384,10 +384,9 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
         over = {**over, 'epochs': EPOCHS[stage], 'train_limit': train_frames, 'workers': workers,
                 'lr_step': LR_STEP.get(stage, EPOCHS[stage]), 'val_every': EPOCHS[stage],
                 'data_overrides': {'dataset': {'dataroot': ablation_dataroot(train_frames, val_frames)}}}
-        if stage == 'teacher':
-            over['init'] = {'path': str(out / 'hd_prior' / 'hd_prior.safetensors')}
-        if stage == 'coach':  # its camera branch, SD fusion and decoder start from the teacher's (round 14)
-            over['init'] = {'path': str(out / 'teacher' / 'teacher.safetensors')}
+        if stage in INIT_ROLE:  # the recipe's init (HD prior -> teacher, teacher -> coach) from this call's weights
+            role = INIT_ROLE[stage]
+            over['init'] = {'path': str(out / role / f'{role}.safetensors')}
         if over.get('init_from'):
             role = over.pop('init_from')
             over['init'] = {**ENCODER_INIT, 'path': str(out / role / f'{role}.safetensors')}

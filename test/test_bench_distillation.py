@@ -164,6 +164,14 @@ def test_every_row_trains_and_is_scored_on_the_subset_of_the_frames_it_reads(mon
     assert bd.student_data_config(seen['eval']).dataset.dataroot == seen['eval']
 
 
+def _recording_run(monkeypatch, tmp_path, fake_train):
+    """``bd.run`` with ``train`` replaced by ``fake_train`` and no evaluation, result file or chart."""
+    monkeypatch.setattr(bd, 'train', fake_train)
+    monkeypatch.setattr(bd, 'evaluate_run', lambda *a, **k: _scores(0.40, 0.42)['scores'])
+    monkeypatch.setattr(bd, 'write_result', lambda name, payload: tmp_path / f'{name}.json')
+    monkeypatch.setattr(bd, 'chart', lambda payload, path: path)
+
+
 def test_the_teacher_and_the_coach_start_from_the_weights_under_out(monkeypatch, tmp_path):
     """The teacher's HD head from the call's HD prior, the coach from the call's teacher (the recipe's exclusions
     kept): never the recipes' default paths."""
@@ -173,10 +181,7 @@ def test_the_teacher_and_the_coach_start_from_the_weights_under_out(monkeypatch,
     def fake_train(recipe, out, over):
         seen[out.name] = load_train_config(recipe, over).init
         return {'weights': str(out / f'{out.name}.safetensors'), 'steps': 1, 'train_seconds': 1.0}
-    monkeypatch.setattr(bd, 'train', fake_train)
-    monkeypatch.setattr(bd, 'evaluate_run', lambda *a, **k: _scores(0.40, 0.42)['scores'])
-    monkeypatch.setattr(bd, 'write_result', lambda name, payload: tmp_path / f'{name}.json')
-    monkeypatch.setattr(bd, 'chart', lambda payload, path: path)
+    _recording_run(monkeypatch, tmp_path, fake_train)
     bd.run(tmp_path, seeds=1, val_frames=30, workers=0, train_frames=40, only=('teacher', 'coach'))
     assert seen['teacher'].path == str(tmp_path / 'hd_prior' / 'hd_prior.safetensors')
     assert seen['coach'].path == str(tmp_path / 'teacher' / 'teacher.safetensors')
@@ -207,10 +212,7 @@ def test_encoder_inheritance_rows_wait_for_and_start_from_the_coach(monkeypatch,
     def fake_train(recipe, out, over):
         seen[out.name] = load_train_config(recipe, over).init
         return {'weights': str(out / 'student_edge.safetensors'), 'steps': 1, 'train_seconds': 1.0}
-    monkeypatch.setattr(bd, 'train', fake_train)
-    monkeypatch.setattr(bd, 'evaluate_run', lambda *a, **k: _scores(0.40, 0.42)['scores'])
-    monkeypatch.setattr(bd, 'write_result', lambda name, payload: tmp_path / f'{name}.json')
-    monkeypatch.setattr(bd, 'chart', lambda payload, path: path)
+    _recording_run(monkeypatch, tmp_path, fake_train)
     bd.run(tmp_path, seeds=1, val_frames=30, workers=0, train_frames=40, only=('student_baseline__encoder_from_the_coach',
                                                                               'student_baseline_s0'))
     assert seen['student_baseline_s0'] is None  # the baseline proper starts from ImageNet
