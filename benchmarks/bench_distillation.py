@@ -15,13 +15,15 @@ mean +- std rows), prints the Markdown table the README quotes, and draws ``benc
     python -m benchmarks.bench_distillation [--out runs/ablation_cpu] [--seeds 3]
 
 Resumable: each run trains into its own folder under ``--out`` (the trainer resumes an interrupted run from its last
-epoch checkpoint and skips a finished one) and stores its evaluation as ``eval.json`` beside the weights, reused when
-the weights are unchanged. ``--jobs 2`` trains two rows at once, each in its own process on one core, a row starting
-as soon as the runs it needs are finished (the baselines beside the HD prior -> teacher -> coach chain); each row's
-output goes to ``<out>/<row>.log``. The tuning attempts (``ATTEMPTS``: recorded rows of the rounds of tuning) train
-only with ``--attempts`` or when named in ``--only``. ``--estimate`` trains nothing and prints the wall time a call
-would take, replaying its schedule with the seconds each row measured under ``--out``. Budget on the 2-core
-development CPU: docs/training.md.
+epoch checkpoint and skips a finished one) and stores its evaluation as ``eval.json`` beside the weights, reused
+when the weights are unchanged. The frozen teacher's and coach's outputs on the training frames are computed once,
+by a row of their own right after each model (``FILLS``), and read from the cache by every student. ``--jobs 2``
+trains two rows at once, each in its own process, a row starting as soon as the rows it needs are finished (the
+baselines beside the HD prior -> teacher -> coach chain), the cores shared out among the rows running (a row left
+alone takes them all); each row's output goes to ``<out>/<row>.log``. The tuning attempts (``ATTEMPTS``: recorded
+rows of the rounds of tuning) train only with ``--attempts`` or when named in ``--only``. ``--estimate`` trains
+nothing and prints the wall time a call would take, replaying its schedule with the work each row measured under
+``--out`` (seconds at each thread count). Budget on the 2-core development CPU: docs/training.md.
 """
 from __future__ import annotations
 
@@ -51,6 +53,15 @@ VAL_FRAMES = 300
 EPOCHS = {'hd_prior': 6, 'teacher': 3, 'coach': 1, 'student': 2}
 #: the epoch after which the learning rate drops 10x (default: never within the run, i.e. the stage's epochs)
 LR_STEP = {'hd_prior': 5, 'teacher': 2}
+#: rows that fill a frozen model's output cache (the teacher's, the coach's) over the training frames, once, right
+#: after the model trains; every student distilling from it then reads the cache instead of running the model. Before
+#: round 15 the students filled it themselves: two MapKD seeds started together each spent ~800 s of their first
+#: epoch computing the same entries (1,449 s against 651 s for the second epoch, round 14)
+FILLS = {'frozen_teacher': 'teacher', 'frozen_coach': 'coach'}
+#: a row's speed on t threads relative to one thread is t ** THREAD_EXPONENT (the estimate's model): 2 threads 1.6x,
+#: measured on a student's second epoch, 411 s alone on 2 threads against 651-669 s on one beside another row
+#: (round 14, runs/ablation_cpu15)
+THREAD_EXPONENT = math.log2(1.6)
 
 #: MapKD's train_s.py weights with TGPD bounded (standardised features, the attention KL averaged over its rows): the
 #: MapKD rows of rounds 3-6, kept as an attempt row. TGPD at these weights cost the student 11 points (round 4)
@@ -142,11 +153,12 @@ def slug(name: str) -> str:
     return ''.join(ch if ch.isalnum() else '_' for ch in name).strip('_').lower()
 
 
-def train(config: str, out: Path, overrides: dict) -> dict:
+def train(config: str, out: Path, overrides: dict, hook=None) -> dict:
     from mapkd_core.train.config import load_train_config
     from mapkd_core.train.trainer import Trainer
     cfg = load_train_config(config, overrides)
     trainer = Trainer(cfg, out, progress=True)
+    trainer.step_hook = hook
     t0 = time.perf_counter()
     result = trainer.fit()
     took = time.perf_counter() - t0
@@ -229,12 +241,14 @@ def finished_run(folder: Path) -> dict | None:
 
 
 def plan(seeds: int, attempts: bool = True) -> list[tuple[str, str, str, dict]]:
-    """(row name, run folder, recipe, overrides) in the order they run: the frozen models first, then the students
-    seed by seed (each MapKD seed right after its baseline seed), then the single-loss rows (the ablation proper ends
-    there: ``attempts=False``) and the tuning attempts."""
+    """(row name, run folder, recipe, overrides) in the order they run: the frozen models first, the rows that fill
+    their output caches (``FILLS``; no recipe, no model), then the students seed by seed (each MapKD seed right
+    after its baseline seed), then the single-loss rows (the ablation proper ends there: ``attempts=False``) and the
+    tuning attempts."""
     rows = [('HD prior (MAE)', 'hd_prior', 'config/train/hd_prior_cpu.yaml', {}),
             ('teacher (C+L+SD+HD)', 'teacher', 'config/train/teacher_cpu.yaml', {}),
             ('coach (C+simL+SD)', 'coach', 'config/train/coach_cpu.yaml', {})]
+    rows += [(f'{role} outputs (cache)', fill, None, {}) for fill, role in FILLS.items()]
     for s in range(seeds):
         rows.append((f'baseline seed {s}', f'student_baseline_s{s}', 'config/train/student_edge_cpu_baseline.yaml',
                      {'seed': s}))
@@ -251,11 +265,16 @@ def plan(seeds: int, attempts: bool = True) -> list[tuple[str, str, str, dict]]:
 
 
 def needs(folder: str, over: dict) -> set[str]:
-    """The run folders whose weights a run starts from or distils (they must be trained first)."""
+    """The rows a row waits for: the run folders whose weights it starts from or distils, and the rows that fill the
+    output caches of the models it distils (``FILLS``)."""
     from mapkd_core.train.recipes import INIT_ROLE
+    if folder in FILLS:
+        return {FILLS[folder]}
     if folder in INIT_ROLE:  # the teacher starts from the HD prior, the coach from the teacher
         return {INIT_ROLE[folder]}
-    return distilled_from(over.get('distill', {})) | ({over['init_from']} if over.get('init_from') else set())
+    frozen = distilled_from(over.get('distill', {}))
+    return (frozen | {fill for fill, role in FILLS.items() if role in frozen}
+            | ({over['init_from']} if over.get('init_from') else set()))
 
 
 def distilled_from(distill: dict) -> set[str]:
@@ -266,31 +285,63 @@ def distilled_from(distill: dict) -> set[str]:
     return {role for role, used in (('teacher', d.uses_teacher), ('coach', d.uses_coach)) if used}
 
 
+def threads_for(rows: list[str], cpus: int) -> dict[str, int]:
+    """Every core shared out among the rows running now (the first ones in order take the remainder; one each at
+    least): a row running alone gets them all."""
+    base, extra = divmod(cpus, max(1, len(rows)))
+    return {f: max(1, base + (i < extra)) for i, f in enumerate(rows)}
+
+
+def row_done(out: Path, folder: str) -> bool:
+    """Whether a row is finished: a fill row's cache filled from the weights now under ``out``; the HD prior
+    trained; any other row trained and evaluated."""
+    if folder in FILLS:
+        return fill_record(out, folder) is not None
+    d = finished_run(out / folder)
+    return d is not None and (folder == 'hd_prior' or 'scores' in d)
+
+
+def fill_record(out: Path, folder: str) -> dict | None:
+    """A fill row's record (``fill.json``: samples computed, seconds) when it was written for the weights of its
+    model now under ``out``; None otherwise (never filled, or the model trained again since)."""
+    from mapkd_core.train.cache import file_digest
+    role = FILLS[folder]
+    path, weights = out / folder / 'fill.json', out / role / f'{role}.safetensors'
+    if not path.is_file() or not weights.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    return doc if doc.get('weights') == file_digest(weights) else None
+
+
 def run_parallel(out: Path, jobs: int, child_args: list[str], seeds: int, only: tuple = (),
                  poll_s: float = 10.0) -> dict[str, int]:
-    """Train the planned rows ``jobs`` at a time, each in its own process (``--only <folder>``) with
-    ``cpus // jobs`` torch threads, a row starting as soon as the runs it needs are finished (plan order first, so
-    the HD prior -> teacher -> coach chain goes before the students that can wait). Each row's output goes to
-    ``<out>/<folder>.log``. A row that fails is reported and the rows that need it are skipped; the others go on.
+    """Train the planned rows ``jobs`` at a time, each in its own process (``--only <folder>``), a row starting as
+    soon as the rows it needs are finished (plan order first, so the HD prior -> teacher -> coach chain goes before
+    the students that can wait). The cores are shared out among the rows running (``threads_for``): a row starts with
+    its share and follows it (``<out>/<folder>.threads``, read by ``ThreadBudget``) when rows start or finish beside
+    it, so a row left alone runs on every core. A fill row that a named row needs is run too. Each row's output goes
+    to ``<out>/<folder>.log``. A row that fails is reported and the rows that need it are skipped; the others go on.
     Returns {folder: exit code} of the rows run now."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    rows = [(folder, over) for _, folder, _, over in plan(seeds) if not only or folder in only]
-    finished = {folder for folder, _ in rows if (d := finished_run(out / folder)) is not None
-                and (folder == 'hd_prior' or 'scores' in d)}
+    cpus = os.cpu_count() or 1
+    planned = [(folder, over) for _, folder, _, over in plan(seeds)]
+    named = {folder for folder, _ in planned if not only or folder in only}
+    named |= {n for folder, over in planned if folder in named for n in needs(folder, over) if n in FILLS}
+    rows = [(folder, over) for folder, over in planned if folder in named]
+    finished = {folder for folder, _ in rows if row_done(out, folder)}
     # rows trained by an earlier call count as done; a needed row outside ``only`` must be finished already
-    done = finished | {f for _, f, _, _ in plan(seeds) if f not in {r for r, _ in rows}
-                       and finished_run(out / f) is not None}
+    done = finished | {f for f, _ in planned if f not in named and finished_run(out / f) is not None}
     pending = [(f, o) for f, o in rows if f not in finished]
     running: dict[str, tuple[subprocess.Popen, object]] = {}
+    shares: dict[str, int] = {}
     codes: dict[str, int] = {}
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
     while pending or running:
         for folder, (proc, log) in list(running.items()):
             if proc.poll() is None:
                 continue
             log.close()
             del running[folder]
+            (out / f'{folder}.threads').unlink(missing_ok=True)
             codes[folder] = proc.returncode
             if proc.returncode == 0:
                 done.add(folder)
@@ -305,42 +356,108 @@ def run_parallel(out: Path, jobs: int, child_args: list[str], seeds: int, only: 
                 pending.remove((f, o))
                 codes[f] = -1
                 print(f'[jobs] {f} skipped: it needs {sorted(missing)}, which did not finish', flush=True)
-        while len(running) < jobs:
+        starting = []
+        while len(running) + len(starting) < jobs:
             ready = [(f, o) for f, o in pending if needs(f, o) <= done]
             if not ready:
                 break
-            folder, _ = ready[0]
             pending.remove(ready[0])
+            starting.append(ready[0][0])
+        now = threads_for([*running, *starting], cpus)
+        for folder in [*running, *starting]:
+            if shares.get(folder) != now[folder]:
+                (out / f'{folder}.threads').write_text(f'{now[folder]}\n')
+                shares[folder] = now[folder]
+        for folder in starting:
             log = open(out / f'{folder}.log', 'a', encoding='utf-8')
             cmd = [sys.executable, '-m', 'benchmarks.bench_distillation', *child_args, '--only', folder, '--child']
+            env = {**os.environ, 'OMP_NUM_THREADS': str(now[folder]), 'MKL_NUM_THREADS': str(now[folder])}
             running[folder] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
-            print(f'[jobs] {folder} started ({threads} thread{"s" if threads > 1 else ""})', flush=True)
+            print(f'[jobs] {folder} started ({now[folder]} thread{"s" if now[folder] > 1 else ""})', flush=True)
         if running:
             time.sleep(poll_s)
     return codes
 
 
-def row_seconds(folder: Path) -> float | None:
-    """A finished row's measured seconds: its training (summed over epochs) and its evaluation; None if unfinished."""
-    done = finished_run(folder)
-    if done is None or (folder.name != 'hd_prior' and 'scores' not in done):
+class ThreadBudget:
+    """A row's share of the cores and the seconds it ran at each share. Called after every training step and filled
+    batch (``Trainer.step_hook``) and around each evaluation: it sets torch's thread count to the number in
+    ``path`` (written by ``run_parallel`` as rows start and finish beside this one; read at most every ``poll_s``)
+    and adds the time since its last call to the current thread count's seconds. ``save`` adds them to the row's
+    ``bench_row.json`` (``row_work`` reads it: the estimate's measure of a row)."""
+
+    def __init__(self, path: Path | None = None, poll_s: float = 5.0):
+        import torch
+        self.torch = torch
+        self.path, self.poll_s = path, poll_s
+        self.threads = torch.get_num_threads()
+        self.seconds: dict[int, float] = {}
+        self._last = self._read = time.perf_counter()
+        self._follow()
+
+    def _follow(self) -> None:
+        try:
+            wanted = int(self.path.read_text()) if self.path is not None else self.threads
+        except (OSError, ValueError):  # no scheduler beside this row, or the file half-written: keep the threads
+            return
+        if wanted >= 1 and wanted != self.threads:
+            self.torch.set_num_threads(wanted)
+            self.threads = wanted
+
+    def __call__(self) -> None:
+        now = time.perf_counter()
+        self.seconds[self.threads] = self.seconds.get(self.threads, 0.0) + now - self._last
+        self._last = now
+        if now - self._read >= self.poll_s:
+            self._read = now
+            self._follow()
+
+    def save(self, folder: Path) -> dict:
+        self()
+        path = folder / 'bench_row.json'
+        doc = json.loads(path.read_text()) if path.is_file() else {'thread_seconds': {}}
+        for t, sec in self.seconds.items():
+            doc['thread_seconds'][str(t)] = doc['thread_seconds'].get(str(t), 0.0) + sec
+        self.seconds = {}
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2) + '\n')
+        return doc
+
+
+def speed(threads: float) -> float:
+    """A row's speed on ``threads`` threads relative to one (``THREAD_EXPONENT``)."""
+    return threads ** THREAD_EXPONENT
+
+
+def row_work(out: Path, folder: str) -> float | None:
+    """A finished row's work in one-thread seconds: the seconds it ran at each thread count (``bench_row.json``),
+    each weighted by that count's ``speed``; for a row of an earlier version without that record, its training
+    (summed over epochs) and evaluation seconds, as if on one thread. None if unfinished."""
+    if not row_done(out, folder):
         return None
+    path = out / folder / 'bench_row.json'
+    if path.is_file():
+        return sum(sec * speed(int(t)) for t, sec in json.loads(path.read_text())['thread_seconds'].items())
+    if folder in FILLS:
+        return fill_record(out, folder)['seconds']
+    done = finished_run(out / folder)
     return done['train_seconds'] + sum(s.get('eval_seconds', 0.0) for s in done.get('scores', {}).values())
 
 
-def estimate(out: Path, seeds: int, jobs: int, attempts: bool = False) -> dict:
+def estimate(out: Path, seeds: int, jobs: int, attempts: bool = False, cpus: int | None = None) -> dict:
     """The wall time a ``--jobs`` call would take over the ablation (with ``attempts``, the tuning rows too), from
-    the seconds each row measured in ``out``: ``run_parallel``'s schedule (plan order, a row starting when a slot is
-    free and the runs it needs are done) replayed with those durations. A row not trained in ``out`` takes the median
-    of the trained student rows that need the same frozen models, or else a part of them (a MapKD row: the students
-    of the teacher alone; the first of those filled the caches, so the median leans high); a frozen-model row or a
-    row with no student to stand in for it is an error. The rows' seconds were measured under whatever else ran
-    beside them: the estimate is as loaded as they were."""
+    the work each row measured in ``out`` (``row_work``): ``run_parallel``'s schedule (plan order, a row starting
+    when a slot is free and the rows it needs are done, the ``cpus`` shared out among the rows running) replayed,
+    each row advancing at the ``speed`` of its share. A row not trained in ``out`` takes the median of the trained
+    student rows that need the same rows, or else a part of them (a MapKD row: the students of the teacher alone); a
+    frozen-model or fill row, or a row with no student to stand in for it, is an error. The rows' work was measured
+    under whatever else ran beside them: the estimate is as loaded as they were."""
+    cpus = cpus or os.cpu_count() or 1
     rows = [(folder, over) for _, folder, _, over in plan(seeds, attempts)]
     # every planned row's folder read once; the stand-ins are all trained student rows, tuning attempts included
-    measured = {g: v for _, g, _, _ in plan(seeds) if (v := row_seconds(out / g)) is not None}
+    measured = {g: v for _, g, _, _ in plan(seeds) if (v := row_work(out, g)) is not None}
     students = [(measured[g], needs(g, p)) for _, g, _, p in plan(seeds) if g.startswith('student') and g in measured]
-    seconds = dict(measured)
+    work = dict(measured)
     for f, o in rows:
         if f in measured:
             continue
@@ -348,57 +465,104 @@ def estimate(out: Path, seeds: int, jobs: int, attempts: bool = False) -> dict:
                  or sorted(v for v, n in students if n and n < needs(f, o)))
         if not f.startswith('student') or not alike:
             raise ValueError(f'{out / f}: not trained and evaluated, and no trained row stands in for it')
-        seconds[f] = alike[len(alike) // 2]
-    clock, running, done, pending, timeline = 0.0, {}, set(), list(rows), []
-    while pending or running:
-        while len(running) < jobs:
+        work[f] = alike[len(alike) // 2]
+    clock, left, done, pending, timeline = 0.0, {}, set(), list(rows), {}
+    while pending or left:
+        while len(left) < jobs:
             ready = [(f, o) for f, o in pending if needs(f, o) <= done]
             if not ready:
                 break
+            f = ready[0][0]
             pending.remove(ready[0])
-            running[ready[0][0]] = clock + seconds[ready[0][0]]
-            timeline.append({'row': ready[0][0], 'start_min': clock / 60, 'minutes': seconds[ready[0][0]] / 60,
-                             'measured': ready[0][0] in measured})
-        if not running:  # something pending needs a row that is not planned
+            left[f] = work[f]
+            timeline[f] = {'row': f, 'start_min': clock / 60, 'measured': f in measured}
+        if not left:  # something pending needs a row that is not planned
             raise ValueError(f'rows that can never start: {[f for f, _ in pending]}')
-        folder = min(running, key=running.get)
-        clock = running.pop(folder)
-        done.add(folder)
-    return {'out': str(out), 'jobs': jobs, 'attempts': attempts, 'wall_minutes': clock / 60, 'rows': timeline}
+        rate = {f: speed(t) for f, t in threads_for(list(left), cpus).items()}
+        first = min(left, key=lambda f: left[f] / rate[f])
+        step = left[first] / rate[first]
+        clock += step
+        for f in list(left):
+            left[f] -= rate[f] * step
+            if f == first or left[f] <= 1e-9:
+                del left[f]
+                done.add(f)
+                timeline[f]['minutes'] = clock / 60 - timeline[f]['start_min']
+    return {'out': str(out), 'jobs': jobs, 'cpus': cpus, 'attempts': attempts, 'wall_minutes': clock / 60,
+            'rows': list(timeline.values())}
+
+
+def row_overrides(out: Path, folder: str, over: dict, train_frames: int, val_frames: int, workers: int) -> dict:
+    """A planned row's overrides of its recipe as this call trains it: the stage's epochs and learning-rate step,
+    the call's frames and dataroot, the weights it starts from and distils, all under ``out``. No validation inside
+    the training (``evaluate_run`` scores every camera row right after; the HD prior keeps its reconstruction IoU)."""
+    from mapkd_core.train.recipes import INIT_ROLE
+    stage = 'student' if folder.startswith('student') else ('hd_prior' if folder == 'hd_prior' else folder)
+    over = {**over, 'epochs': EPOCHS[stage], 'train_limit': train_frames, 'workers': workers,
+            'lr_step': LR_STEP.get(stage, EPOCHS[stage]), 'val_every': EPOCHS[stage] if stage == 'hd_prior' else 0,
+            'data_overrides': {'dataset': {'dataroot': ablation_dataroot(train_frames, val_frames)}}}
+    if stage in INIT_ROLE:  # the recipe's init (HD prior -> teacher, teacher -> coach) from this call's weights
+        role = INIT_ROLE[stage]
+        over['init'] = {'path': str(out / role / f'{role}.safetensors')}
+    if over.get('init_from'):
+        role = over.pop('init_from')
+        over['init'] = {**ENCODER_INIT, 'path': str(out / role / f'{role}.safetensors')}
+    frozen = distilled_from(over.get('distill', {}))
+    if stage == 'coach' or 'teacher' in frozen:
+        over['teacher'] = str(out / 'teacher' / 'teacher.safetensors')
+    if 'coach' in frozen:
+        over['coach'] = str(out / 'coach' / 'coach.safetensors')
+    return over
+
+
+def fill(out: Path, folder: str, train_frames: int, val_frames: int, workers: int, hook=None) -> dict:
+    """A fill row: the output cache of its frozen model (``FILLS``) over the students' training frames, filled by
+    the trainer of a student that distils that model alone (the same data and weights, so the same cache entries as
+    every student row), and its record ``fill.json`` (the model's weights digest, samples computed, seconds)."""
+    from mapkd_core.train.cache import file_digest
+    from mapkd_core.train.config import load_train_config
+    from mapkd_core.train.trainer import Trainer
+    role = FILLS[folder]
+    distill = {**{k: 0.0 for k in MAPKD if k.startswith(('msrd_', 'tgpd_')) and k[5:] in ('teacher', 'coach')},
+               f'msrd_{role}': MAPKD_METHOD['msrd_teacher']}
+    over = row_overrides(out, 'student_fill', {'seed': 0, 'distill': distill}, train_frames, val_frames, workers)
+    trainer = Trainer(load_train_config('config/train/student_edge_cpu.yaml', over), out / folder, progress=True)
+    trainer.step_hook = hook
+    t0 = time.perf_counter()
+    samples = trainer.fill_frozen_caches((role,))
+    record = {'role': role, 'weights': file_digest(out / role / f'{role}.safetensors'), 'samples': samples,
+              'of': len(trainer.train_set), 'seconds': time.perf_counter() - t0}
+    (out / folder).mkdir(parents=True, exist_ok=True)
+    (out / folder / 'fill.json').write_text(json.dumps(record, indent=2) + '\n')
+    print(f'{role} outputs -> cache: {samples} of {record["of"]} samples computed, {record["seconds"]:.0f} s',
+          flush=True)
+    return record
 
 
 def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int = TRAIN_FRAMES,
         mini_frames: int = 0, only: tuple = (), write: bool = True) -> dict:
-    from mapkd_core.train.recipes import INIT_ROLE
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     t_start = time.perf_counter()
     runs: dict[str, dict] = {}
-    folders = {}
     for name, folder, recipe, over in plan(seeds):
         if only and folder not in only:
             done = finished_run(out / folder)  # trained by an earlier call: still part of the summary
-            if done is not None:
+            if done is not None and folder not in FILLS:
                 runs[name] = done
             continue
-        stage = 'student' if folder.startswith('student') else ('hd_prior' if folder == 'hd_prior' else folder)
-        over = {**over, 'epochs': EPOCHS[stage], 'train_limit': train_frames, 'workers': workers,
-                'lr_step': LR_STEP.get(stage, EPOCHS[stage]), 'val_every': EPOCHS[stage],
-                'data_overrides': {'dataset': {'dataroot': ablation_dataroot(train_frames, val_frames)}}}
-        if stage in INIT_ROLE:  # the recipe's init (HD prior -> teacher, teacher -> coach) from this call's weights
-            role = INIT_ROLE[stage]
-            over['init'] = {'path': str(out / role / f'{role}.safetensors')}
-        if over.get('init_from'):
-            role = over.pop('init_from')
-            over['init'] = {**ENCODER_INIT, 'path': str(out / role / f'{role}.safetensors')}
-        frozen = distilled_from(over.get('distill', {}))
-        if stage == 'coach' or 'teacher' in frozen:
-            over['teacher'] = str(out / 'teacher' / 'teacher.safetensors')
-        if 'coach' in frozen:
-            over['coach'] = str(out / 'coach' / 'coach.safetensors')
-        runs[name] = train(recipe, out / folder, over)
-        folders[name] = folder
-        if stage != 'hd_prior':  # the MAE reconstructs maps from masked maps: no camera model to score
+        # the row's share of the cores when a --jobs call runs it beside others (none when run alone)
+        budget = ThreadBudget(out / f'{folder}.threads')
+        if folder in FILLS:
+            if fill_record(out, folder) is None:
+                fill(out, folder, train_frames, val_frames, workers, hook=budget)
+                budget.save(out / folder)
+            continue
+        runs[name] = train(recipe, out / folder, row_overrides(out, folder, over, train_frames, val_frames, workers),
+                           hook=budget)
+        if folder != 'hd_prior':  # the MAE reconstructs maps from masked maps: no camera model to score
+            budget()
             runs[name]['scores'] = evaluate_run(runs[name], val_frames, workers, mini_frames, train_frames)
+        budget.save(out / folder)
         if write:
             partial = summarize(runs, seeds, train_frames)
             partial.update({'complete': False, 'seconds_so_far': time.perf_counter() - t_start})
@@ -413,7 +577,7 @@ def run(out: Path, seeds: int, val_frames: int, workers: int, train_frames: int 
     # complete: every row of the ablation proper (the tuning attempts are extra) trained and evaluated, also by
     # earlier calls, not just the ones of this call
     payload['complete'] = all(name in runs and (name == 'HD prior (MAE)' or 'scores' in runs[name])
-                              for name, *_ in plan(seeds, attempts=False))
+                              for name, folder, *_ in plan(seeds, attempts=False) if folder not in FILLS)
     payload['seconds_this_call'] = time.perf_counter() - t_start
     path = write_result('distillation', payload)
     print(table(payload))
@@ -589,7 +753,7 @@ def main(argv=None):
         for r in est['rows']:
             print(f'{r["start_min"]:6.0f} min  {r["row"]:<45} {r["minutes"]:5.0f} min'
                   f'{"" if r["measured"] else "  (not trained there: median of alike students)"}')
-        print(f'wall time with --jobs {args.jobs}: {est["wall_minutes"]:.0f} min')
+        print(f'wall time with --jobs {args.jobs} on {est["cpus"]} cores: {est["wall_minutes"]:.0f} min')
         return
     def summary():  # '-' names no row: every row is read back from its folder, none is trained or evaluated
         run(Path(args.out), args.seeds, args.val_frames, args.workers, args.train_frames, args.mini_frames,

@@ -1,5 +1,5 @@
-"""The ablation's scheduler (``bench_distillation --jobs``): rows start when what they need is trained, with
-cpus / jobs threads each, and a failed row stops only the rows that need it. The training itself is faked here (the
+"""The ablation's scheduler (``bench_distillation --jobs``): rows start when what they need is trained, the cores
+shared out among the rows running, and a failed row stops only the rows that need it. The training itself is faked here (the
 real rows take hours); the rows' processes are stand-ins that record their start and exit with a chosen code."""
 from __future__ import annotations
 
@@ -37,23 +37,35 @@ def test_needs_follow_the_distillation_weights():
     assert bd.needs('teacher', rows['teacher']) == {'hd_prior'}
     assert bd.needs('coach', rows['coach']) == {'teacher'}
     assert bd.needs('student_baseline_s1', rows['student_baseline_s1']) == set()
-    assert bd.needs('student_mapkd_s0', rows['student_mapkd_s0']) == {'teacher', 'coach'}
-    assert bd.needs('student_msrd_only__t', rows['student_msrd_only__t']) == {'teacher'}
+    # a distilling row waits for the model and for the row that fills the model's output cache
+    assert bd.needs('frozen_teacher', rows['frozen_teacher']) == {'teacher'}
+    assert bd.needs('frozen_coach', rows['frozen_coach']) == {'coach'}
+    assert bd.needs('student_mapkd_s0', rows['student_mapkd_s0']) == {'teacher', 'coach', 'frozen_teacher',
+                                                                      'frozen_coach'}
+    assert bd.needs('student_msrd_only__t', rows['student_msrd_only__t']) == {'teacher', 'frozen_teacher'}
     # each weight on the teacher's or the coach's outputs alone (ERD and IRD included) makes a row wait for that
     # model: a row started before it would fail on a missing weights file
     for key in ('msrd_teacher', 'tgpd_teacher', 'erd_teacher', 'ird_teacher', 'msrd_coach', 'tgpd_coach'):
-        assert bd.needs('student_x', {'distill': {key: 0.1}}) == {key.rsplit('_', 1)[1]}, key
+        role = key.rsplit('_', 1)[1]
+        assert bd.needs('student_x', {'distill': {key: 0.1}}) == {role, f'frozen_{role}'}, key
     assert bd.needs('student_x', {'distill': {'msrd_mask': 'correct', 'msrd_teacher': 0.0}}) == set()
 
 
-def test_rows_start_after_what_they_need_with_cpus_over_jobs_threads(monkeypatch, tmp_path):
+def test_rows_start_after_what_they_need_with_their_share_of_the_cores(monkeypatch, tmp_path):
     started, codes = _run(monkeypatch, tmp_path, cpus=4)
     order = [f for f, _ in started]
     assert set(order) == {folder for _, folder, _, _ in bd.plan(2)} and all(c == 0 for c in codes.values())
-    assert {t for _, t in started} == {'2'}  # 4 cpus / 2 jobs
     for _, folder, _, over in bd.plan(2):
         for need in bd.needs(folder, over):
             assert order.index(need) < order.index(folder), (need, folder)
+    # the ablation proper (no tuning attempts to run beside the chain)
+    started, codes = _run(monkeypatch, tmp_path / 'proper', cpus=4,
+                          only=tuple(folder for _, folder, _, _ in bd.plan(2, attempts=False)))
+    order = [f for f, _ in started]
+    threads = dict(started)
+    # started together, two rows share the 4 cores; the coach's fill row starts alone (everything left needs it)
+    assert threads['hd_prior'] == threads['student_baseline_s0'] == '2' and threads['frozen_coach'] == '4'
+    assert not list((tmp_path / 'proper' / 'out').glob('*.threads'))  # a finished row's share is taken back
     # the chain first, the baselines beside it
     assert order[:2] == ['hd_prior', 'student_baseline_s0']
 
@@ -88,7 +100,7 @@ def test_seeded_attempts_are_planned_for_every_seed_and_summarised_against_the_b
     for s in (1, 2):
         folder, over = rows[bd.seeded_name(name, s)]
         assert folder == f'student_{bd.slug(name)}_s{s}' and over['seed'] == s
-        assert over['distill'] == bd.ATTEMPTS[name] and bd.needs(folder, over) == {'teacher'}
+        assert over['distill'] == bd.ATTEMPTS[name] and bd.needs(folder, over) == {'teacher', 'frozen_teacher'}
     runs = {'baseline seed 0': _scores(0.40, 0.42), 'baseline seed 1': _scores(0.38, 0.40),
             'baseline seed 2': _scores(0.42, 0.44), name: _scores(0.44, 0.46),
             f'{name} seed 1': _scores(0.37, 0.39), f'{name} seed 2': _scores(0.45, 0.47),
@@ -113,7 +125,7 @@ def test_the_eval_mode_attempts_set_freeze_eval_and_only_they_do():
     base_folder, base = rows['baseline, frozen layers in eval mode']
     msrd_folder, msrd = rows['MSRD only (T), frozen layers in eval mode']
     assert base['freeze_eval'] is True and msrd['freeze_eval'] is True
-    assert bd.needs(base_folder, base) == set() and bd.needs(msrd_folder, msrd) == {'teacher'}
+    assert bd.needs(base_folder, base) == set() and bd.needs(msrd_folder, msrd) == {'teacher', 'frozen_teacher'}
     assert msrd['distill'] == bd.ATTEMPTS['MSRD only (T)']
     assert [r for r, (_, o) in rows.items() if o.get('freeze_eval')] == [
         'baseline, frozen layers in eval mode', 'MSRD only (T), frozen layers in eval mode']
@@ -127,7 +139,7 @@ def test_a_row_another_call_finishes_meanwhile_is_read_again_for_the_summary(mon
     (other / 'coach.safetensors').write_bytes(b'x')
     (other / 'progress.json').write_text(json.dumps({'step': 600}))
 
-    def fake_train(recipe, out, over):
+    def fake_train(recipe, out, over, hook=None):
         # while this call trains, the other call finishes and scores its row
         (other / 'eval.json').write_text(json.dumps({'key': {}, **_scores(0.41, 0.43)}))
         return {'weights': str(out / 'student_edge.safetensors'), 'steps': 1, 'train_seconds': 1.0}
@@ -146,7 +158,7 @@ def test_every_row_trains_and_is_scored_on_the_subset_of_the_frames_it_reads(mon
     from mapkd_core.train.config import load_train_config
     seen = {}
 
-    def fake_train(recipe, out, over):
+    def fake_train(recipe, out, over, hook=None):
         seen['data'] = load_train_config(recipe, over).data_overrides
         return {'weights': str(out / 'student_edge.safetensors'), 'steps': 1, 'train_seconds': 1.0}
 
@@ -178,7 +190,7 @@ def test_the_teacher_and_the_coach_start_from_the_weights_under_out(monkeypatch,
     from mapkd_core.train.config import load_train_config
     seen = {}
 
-    def fake_train(recipe, out, over):
+    def fake_train(recipe, out, over, hook=None):
         seen[out.name] = load_train_config(recipe, over).init
         return {'weights': str(out / f'{out.name}.safetensors'), 'steps': 1, 'train_seconds': 1.0}
     _recording_run(monkeypatch, tmp_path, fake_train)
@@ -200,7 +212,7 @@ def test_encoder_inheritance_rows_wait_for_and_start_from_the_coach(monkeypatch,
     assert bd.needs('student_baseline__encoder_from_the_coach', rows['student_baseline__encoder_from_the_coach']) \
         == {'coach'}
     assert bd.needs('student_mapkd__encoder_from_the_coach', rows['student_mapkd__encoder_from_the_coach']) \
-        == {'teacher', 'coach'}
+        == {'teacher', 'coach', 'frozen_teacher', 'frozen_coach'}
     torch.manual_seed(4)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -209,7 +221,7 @@ def test_encoder_inheritance_rows_wait_for_and_start_from_the_coach(monkeypatch,
         student = build_model('student_edge_cpu')
     seen = {}
 
-    def fake_train(recipe, out, over):
+    def fake_train(recipe, out, over, hook=None):
         seen[out.name] = load_train_config(recipe, over).init
         return {'weights': str(out / 'student_edge.safetensors'), 'steps': 1, 'train_seconds': 1.0}
     _recording_run(monkeypatch, tmp_path, fake_train)
@@ -230,15 +242,16 @@ def test_the_ablation_proper_excludes_the_tuning_attempts_and_decides_completene
     """Without --attempts a call plans the issue's rows only (frozen models, baseline and MapKD seeds, single-loss
     rows); the attempts are extra rows, trained when asked for."""
     proper = [row for row, *_ in bd.plan(3, attempts=False)]
-    assert proper[:3] == ['HD prior (MAE)', 'teacher (C+L+SD+HD)', 'coach (C+simL+SD)']
-    assert {f'{g} seed {s}' for g in ('baseline', 'MapKD') for s in range(3)} | set(bd.SINGLE) == set(proper[3:])
+    assert proper[:5] == ['HD prior (MAE)', 'teacher (C+L+SD+HD)', 'coach (C+simL+SD)', 'teacher outputs (cache)',
+                          'coach outputs (cache)']
+    assert {f'{g} seed {s}' for g in ('baseline', 'MapKD') for s in range(3)} | set(bd.SINGLE) == set(proper[5:])
     everything = [row for row, *_ in bd.plan(3)]
     assert everything[:len(proper)] == proper and set(bd.ATTEMPTS) <= set(everything[len(proper):])
 
 
-def _finished(folder, train_seconds: list[float], eval_seconds: float | None):
+def _finished(folder, train_seconds: list[float], eval_seconds: float | None, weights: str = 'model'):
     folder.mkdir(parents=True)
-    (folder / 'model.safetensors').write_bytes(b'x')
+    (folder / f'{weights}.safetensors').write_bytes(folder.name.encode())
     (folder / 'progress.json').write_text(json.dumps({'step': 10}))
     (folder / 'epochs.csv').write_text('epoch,seconds\n' + ''.join(f'{i},{s}\n' for i, s in enumerate(train_seconds)))
     if eval_seconds is not None:
@@ -246,30 +259,105 @@ def _finished(folder, train_seconds: list[float], eval_seconds: float | None):
         (folder / 'eval.json').write_text(json.dumps({'key': {}, 'scores': {'geo_val': split, 'mini_val': split}}))
 
 
-def test_estimate_replays_the_schedule_with_the_measured_seconds(tmp_path):
-    """The wall time of a --jobs call from the rows' measured seconds (training + evaluation): the chain in order,
-    the baselines beside it, a missing MapKD row standing in as the median of the students of the teacher."""
-    out = tmp_path / 'out'
+def _filled(out, folder: str, seconds: float):
+    from mapkd_core.train.cache import file_digest
+    role = bd.FILLS[folder]
+    (out / folder).mkdir(parents=True)
+    (out / folder / 'fill.json').write_text(json.dumps(
+        {'role': role, 'weights': file_digest(out / role / f'{role}.safetensors'), 'seconds': seconds}))
+
+
+def _measured_ablation(out):
     _finished(out / 'hd_prior', [600.0], None)
-    _finished(out / 'teacher', [1200.0, 1200.0], 60.0)      # 41 min
-    _finished(out / 'coach', [1200.0], 60.0)                  # 21 min
+    _finished(out / 'teacher', [1200.0, 1200.0], 60.0, 'teacher')      # 41 min
+    _finished(out / 'coach', [1200.0], 60.0, 'coach')                    # 21 min
+    for folder in bd.FILLS:
+        _filled(out, folder, 60.0)                                         # 1 min each
     for s in range(2):
         _finished(out / f'student_baseline_s{s}', [300.0, 300.0], 60.0)  # 11 min
     for name in ('student_msrd_only__t', 'student_tgpd_only__t', 'student_msrd_only__t_s1'):
         _finished(out / name, [540.0, 540.0], 120.0)     # 20 min each: the stand-in of the MapKD rows
-    one = bd.estimate(out, seeds=2, jobs=1)
-    # every row one after the other: 10 + 41 + 21 + 2 x 11 + 4 x 20 (MapKD seeds 0-1 and the two single-loss rows)
-    assert abs(one['wall_minutes'] - (10 + 41 + 21 + 22 + 80)) < 1e-6
-    two = bd.estimate(out, seeds=2, jobs=2)
+
+
+def test_estimate_replays_the_schedule_with_the_measured_seconds(tmp_path):
+    """The wall time of a --jobs call from the rows' measured seconds (training + evaluation), one core per row:
+    the chain in order, the baselines beside it, the fill rows after their models, a missing MapKD row standing in
+    as the median of the students of the teacher."""
+    out = tmp_path / 'out'
+    _measured_ablation(out)
+    one = bd.estimate(out, seeds=2, jobs=1, cpus=1)
+    # every row one after the other: 10 + 41 + 21 + 2 x 1 + 2 x 11 + 4 x 20 (MapKD seeds 0-1, the single-loss rows)
+    assert abs(one['wall_minutes'] - (10 + 41 + 21 + 2 + 22 + 80)) < 1e-6
+    two = bd.estimate(out, seeds=2, jobs=2, cpus=1)
     rows = {r['row']: r for r in two['rows']}
     assert rows['student_baseline_s0']['start_min'] == 0 and rows['student_baseline_s1']['start_min'] == 11
     assert rows['teacher']['start_min'] == 10 and rows['coach']['start_min'] == 51
+    assert rows['frozen_teacher']['start_min'] == 51 and rows['frozen_coach']['start_min'] == 72
     assert not rows['student_mapkd_s0']['measured'] and rows['student_mapkd_s0']['minutes'] == 20
-    # after the coach (72 min) the four students that need it, two at a time
-    assert abs(two['wall_minutes'] - (72 + 40)) < 1e-6
+    # after the coach's fill row (73 min) the four students that need it, two at a time
+    assert abs(two['wall_minutes'] - (73 + 40)) < 1e-6
     (out / 'coach' / 'eval.json').unlink()  # a frozen model never stands in: an error that names it
     with pytest.raises(ValueError, match='coach: not trained and evaluated'):
-        bd.estimate(out, seeds=2, jobs=2)
+        bd.estimate(out, seeds=2, jobs=2, cpus=1)
+
+
+def test_estimate_gives_a_row_left_alone_every_core(tmp_path):
+    """On 2 cores a row alone runs at ``speed(2)`` (1.6x), two rows side by side at one core each: the replay of
+    the same measured rows as above."""
+    out = tmp_path / 'out'
+    _measured_ablation(out)
+    two = bd.estimate(out, seeds=2, jobs=2, cpus=2)
+    rows = {r['row']: r for r in two['rows']}
+    # 0-10: HD prior beside baseline 0; 10-22: the teacher beside baseline 0's last minute, then baseline 1; the rest
+    # of the teacher's 2,460 s alone at 1.6x: 1,740 / 1.6 s; the coach beside the teacher's fill row (1 min), then
+    # alone; the coach's fill row alone; the four students two at a time
+    teacher_end = 22 + 1740 / 1.6 / 60
+    coach_end = teacher_end + 1 + (1260 - 60) / 1.6 / 60
+    assert rows['coach']['start_min'] == pytest.approx(teacher_end)
+    assert rows['frozen_coach']['start_min'] == pytest.approx(coach_end)
+    assert two['wall_minutes'] == pytest.approx(coach_end + 60 / 1.6 / 60 + 40)
+    assert bd.speed(2) == pytest.approx(1.6) and bd.threads_for(['a', 'b', 'c'], 4) == {'a': 2, 'b': 1, 'c': 1}
+
+
+def test_a_fill_row_is_done_only_for_the_weights_it_filled_from(tmp_path):
+    """A fill row's record holds its model's weights digest: retraining the model makes the row pending again."""
+    out = tmp_path / 'out'
+    _finished(out / 'teacher', [1.0], 1.0, 'teacher')
+    assert not bd.row_done(out, 'frozen_teacher')
+    _filled(out, 'frozen_teacher', 5.0)
+    assert bd.row_done(out, 'frozen_teacher') and bd.row_work(out, 'frozen_teacher') == 5.0
+    (out / 'teacher' / 'teacher.safetensors').write_bytes(b'retrained')
+    assert not bd.row_done(out, 'frozen_teacher') and bd.row_work(out, 'frozen_teacher') is None
+
+
+def test_a_row_follows_its_share_of_the_cores_and_records_its_work(tmp_path):
+    """``ThreadBudget``: torch's thread count follows the scheduler's file, the seconds are counted per thread
+    count and saved (added to an earlier call's) in bench_row.json, whose work ``row_work`` weights by speed."""
+    import torch
+    before = torch.get_num_threads()
+    share = tmp_path / 'row.threads'
+    share.write_text('1\n')
+    try:
+        budget = bd.ThreadBudget(share, poll_s=0.0)
+        assert torch.get_num_threads() == 1
+        budget()
+        share.write_text('2\n')
+        budget()  # the new share applies from here
+        assert torch.get_num_threads() == 2
+        share.write_text('x')  # half-written: the share stays
+        budget()
+        assert torch.get_num_threads() == 2
+        folder = tmp_path / 'out' / 'student_baseline_s0'
+        _finished(folder, [1.0], 1.0)
+        doc = budget.save(folder)
+        assert set(doc['thread_seconds']) == {'1', '2'}
+        first = sum(doc['thread_seconds'].values())
+        doc = bd.ThreadBudget().save(folder)  # a resumed call adds its seconds
+        assert sum(doc['thread_seconds'].values()) >= first
+        work = bd.row_work(tmp_path / 'out', 'student_baseline_s0')
+        assert work == pytest.approx(sum(s * bd.speed(int(t)) for t, s in doc['thread_seconds'].items()))
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_mapkd_rows_train_the_shipped_student_recipe():

@@ -106,19 +106,26 @@ def first_batch_losses(cfg_path: Path, out: Path) -> dict:
     return {k: float(v) for k, v in losses.items()}, trainer
 
 
-def test_cached_and_uncached_training_give_the_same_first_batch_loss(tmp_path, small_data, monkeypatch):
-    """The MapKD student stage (TGPD + MSRD from teacher and coach, tiny models for speed): the loss of the first
-    batch read uncached, while the caches fill, and from the caches."""
+def tiny_mapkd_student(tmp_path: Path, data: Path, monkeypatch, train_limit: int) -> dict:
+    """A MapKD student stage's config (TGPD + MSRD from teacher and coach, tiny models for speed, batches of 2) with
+    fresh tiny frozen models and an empty cache root."""
     monkeypatch.setenv('MAPKD_CACHE', str(tmp_path / 'cache'))
     torch.manual_seed(2)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         teacher = save_weights(build_model('teacher_tiny'), tmp_path / 'teacher.safetensors')
         coach = save_weights(build_model('coach_tiny'), tmp_path / 'coach.safetensors')
-    base = {'stage': 'student', 'model': 'student_edge_tiny', 'data': str(small_data), 'train_split': 'mini_train',
-            'val_split': None, 'teacher': str(teacher), 'coach': str(coach), 'train_limit': 4, 'batch_size': 2,
-            'distill': {'msrd_teacher': 0.75, 'msrd_coach': 0.001, 'tgpd_teacher': 0.5, 'tgpd_coach': 0.01},
+    return {'stage': 'student', 'model': 'student_edge_tiny', 'data': str(data), 'train_split': 'mini_train',
+            'val_split': None, 'teacher': str(teacher), 'coach': str(coach), 'train_limit': train_limit,
+            'batch_size': 2, 'distill': {'msrd_teacher': 0.75, 'msrd_coach': 0.001, 'tgpd_teacher': 0.5,
+                                         'tgpd_coach': 0.01},
             'data_overrides': {'map_gt': {'line_width': 2, 'overlap_extra_width': 2}}}
+
+
+def test_cached_and_uncached_training_give_the_same_first_batch_loss(tmp_path, small_data, monkeypatch):
+    """The MapKD student stage (TGPD + MSRD from teacher and coach, tiny models for speed): the loss of the first
+    batch read uncached, while the caches fill, and from the caches."""
+    base = tiny_mapkd_student(tmp_path, small_data, monkeypatch, train_limit=4)
     plain, _ = first_batch_losses(write(tmp_path, 'plain', {**base, 'cache': False}), tmp_path / 'a')
     filling, trainer = first_batch_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'b')
     data_dir = trainer.train_set.cache_dir
@@ -182,6 +189,33 @@ def bn_stats(model, frozen: bool) -> dict:
     params = {n for n, p in model.named_parameters() if p.requires_grad != frozen}
     return {n: b.detach().clone() for n, b in model.named_buffers()
             if n.endswith('running_mean') and n.replace('running_mean', 'weight') in params}
+
+
+def test_filled_frozen_caches_serve_the_training_with_the_same_first_batch_loss(tmp_path, small_data, monkeypatch):
+    """``Trainer.fill_frozen_caches`` computes each training sample's frozen outputs once, per role, before any
+    training (what bench_distillation's fill rows do): a second fill computes nothing, and a student trained after
+    reads the filled entries with the loss of uncached training."""
+    base = tiny_mapkd_student(tmp_path, small_data, monkeypatch, train_limit=3)
+    filler = Trainer(load_train_config(write(tmp_path, 'cached', {**base, 'cache': True})), tmp_path / 'fill',
+                     progress=False)
+    calls = []
+    filler.step_hook = lambda: calls.append(1)
+    assert filler.fill_frozen_caches(('teacher',)) == 3  # the odd last sample included
+    dirs = {role: c.dir for role, c in filler.frozen_caches.items()}
+    assert len(list(dirs['teacher'].glob('*.pt'))) == 3 and not list(dirs['coach'].glob('*.pt'))
+    assert len(calls) == 2  # after each of the two batches
+    assert filler.fill_frozen_caches(('teacher', 'coach')) == 3  # the coach's alone: the teacher's are there
+    assert filler.fill_frozen_caches() == 0
+    assert not (tmp_path / 'fill').exists()  # filling trains nothing and writes no run
+    plain, _ = first_batch_losses(write(tmp_path, 'plain', {**base, 'cache': False}), tmp_path / 'a')
+    cached, trainer = first_batch_losses(write(tmp_path, 'cached', {**base, 'cache': True}), tmp_path / 'b')
+    assert {role: c.dir for role, c in trainer.frozen_caches.items()} == dirs
+    for k, v in plain.items():
+        assert cached[k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
+    uncached = Trainer(load_train_config(write(tmp_path, 'plain', {**base, 'cache': False})), tmp_path / 'c',
+                       progress=False)
+    with pytest.raises(ConfigError, match=r"no output cache for \['teacher'\]"):
+        uncached.fill_frozen_caches(('teacher',))
 
 
 @pytest.mark.parametrize('freeze_eval', [False, True])

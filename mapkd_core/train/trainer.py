@@ -108,6 +108,9 @@ class Trainer:
                 self.module, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
         self.epoch = 0  # epochs completed
         self.step = 0
+        #: called with no argument after every optimizer step and every filled batch (``fill_frozen_caches``): a
+        #: caller's hook, e.g. one that follows a scheduler's thread budget (``benchmarks/bench_distillation``)
+        self.step_hook = None
         self.history: list[dict] = []
         if resume and (self.out / CHECKPOINT).is_file():
             self._load_checkpoint(self.out / CHECKPOINT)
@@ -214,6 +217,8 @@ class Trainer:
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix(loss=f'{float(loss.detach()):.4f}')
+            if self.step_hook is not None:
+                self.step_hook()
             if self.rank == 0 and self.cfg.log_every and self.step % self.cfg.log_every == 0:
                 self._log_csv('steps.csv', {'epoch': epoch + 1, 'step': self.step,
                                             'lr': self.optimizer.param_groups[0]['lr'],
@@ -251,6 +256,33 @@ class Trainer:
                 cache.put(batch['token'], out)
             outs.append(out)
         return tuple(outs)
+
+    @torch.no_grad()
+    def fill_frozen_caches(self, roles: tuple[str, ...] = ('teacher', 'coach')) -> int:
+        """Compute and store the outputs of the frozen models ``roles`` for every training sample not yet in their
+        caches (the entries a later run on the same data and weights reads instead of running the model), in
+        dataset order; returns the number of samples computed. Needs ``cache`` on and the frozen models configured."""
+        from tqdm import tqdm
+        caches = {r: self.frozen_caches[r] for r in roles if r in self.frozen_caches}
+        missing = [r for r in roles if r not in caches]
+        if missing:
+            raise ConfigError(f'fill_frozen_caches: no output cache for {missing} (the config needs cache: true and '
+                              f'a weights file for each of them)')
+        self.stage.train_mode()  # the frozen models in eval mode
+        loader = torch.utils.data.DataLoader(self.train_set, batch_size=self.cfg.batch_size, shuffle=False,
+                                             num_workers=self.cfg.workers, collate_fn=collate)
+        computed = 0
+        for batch in tqdm(loader, desc=f'{"+".join(caches)} outputs', unit='batch', disable=not self.progress):
+            for role, cache in caches.items():
+                if cache.has(batch['token']):
+                    continue
+                batch = self._to_device(batch)
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                    cache.put(batch['token'], getattr(self.stage, role).forward_batch(batch))
+                computed += len(batch['token'])
+            if self.step_hook is not None:
+                self.step_hook()
+        return computed
 
     def validate(self) -> dict:
         """IoU of the trained model on the validation split, with ``mapkd-eval``'s loop (``eval.evaluate``; the
