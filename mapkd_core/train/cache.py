@@ -142,17 +142,6 @@ class FrozenOutputCache:
     def _path(self, token: str) -> Path:
         return self.dir / f'{token}.pt'
 
-    def has(self, tokens: list[str]) -> bool:
-        """Whether every token has an entry with every head of ``heads`` (a damaged entry reads as missing)."""
-        for token in tokens:
-            try:
-                entry = torch.load(self._path(token), map_location='cpu', weights_only=True)
-            except Exception:  # missing or damaged
-                return False
-            if not all(k in entry for k in ('semantic', 'bev', *self.heads)):
-                return False
-        return True
-
     def get(self, tokens: list[str], device) -> CachedOutput | None:
         """The batch's outputs when every token is cached (with every head of ``heads``), else None."""
         paths = [self._path(t) for t in tokens]

@@ -274,7 +274,7 @@ class Trainer:
         computed = 0
         for batch in tqdm(loader, desc=f'{"+".join(caches)} outputs', unit='batch', disable=not self.progress):
             for role, cache in caches.items():
-                if cache.has(batch['token']):
+                if cache.get(batch['token'], 'cpu') is not None:  # every entry there, with its heads
                     continue
                 batch = self._to_device(batch)
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
