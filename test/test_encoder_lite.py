@@ -170,3 +170,37 @@ def test_model_files_that_name_no_encoder_build_b0(tmp_path):
     cfg = from_dict(ModelConfig, {'name': 'student_edge', 'encoder': {'out_channels': 16, 'out_stride': 8}})
     assert cfg.encoder.name == 'efficientnet-b0'
     assert np.isclose(cfg.image.mean, IMAGENET_MEAN).all()
+
+
+@pytest.mark.parametrize('stride, hw', [(1, (4, 11)), (2, (11, 25)), (2, (8, 22))])
+def test_depthwise_weight_gradient_equals_pytorchs(stride, hw):
+    """Lite0's 5 x 5 depthwise convolutions compute their weight gradient themselves on the CPU
+    (``DepthwiseConv2dFn``: a depthwise convolution of the input by the output gradient); it equals PyTorch's to
+    float rounding, with symmetric and asymmetric (stride 2, even size) SAME padding."""
+    from mapkd_core.models.efficientnet_lite import DepthwiseConv2dFn, SameConv2d
+    torch.manual_seed(0)
+    conv = SameConv2d(24, 24, 5, stride, groups=24, in_hw=hw)
+    assert conv.fast_weight_grad
+    x = torch.randn(3, 24, *hw, requires_grad=True)
+    g = torch.randn(3, 24, *conv.out_hw)
+    calls = []
+    original = DepthwiseConv2dFn.backward
+    DepthwiseConv2dFn.backward = staticmethod(lambda ctx, grad: calls.append(1) or original(ctx, grad))
+    try:
+        out = conv(x)
+        ours = torch.autograd.grad(out, (x, conv.weight), g)
+    finally:
+        DepthwiseConv2dFn.backward = staticmethod(original)
+    assert calls, 'the depthwise convolution did not take DepthwiseConv2dFn while training on the CPU'
+    conv.fast_weight_grad = False
+    out_ref = conv(x)
+    reference = torch.autograd.grad(out_ref, (x, conv.weight), g)
+    assert torch.equal(out, out_ref)
+    for a, b in zip(ours, reference):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+    # without gradients (evaluation, export) it is PyTorch's own convolution
+    conv.fast_weight_grad = True
+    with torch.no_grad():
+        assert torch.equal(conv(x), out_ref)
+    assert not SameConv2d(24, 24, 3, 1, groups=24, in_hw=hw).fast_weight_grad  # 3 x 3: PyTorch's is as fast
+    assert not SameConv2d(24, 48, 1, in_hw=hw).fast_weight_grad

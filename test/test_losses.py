@@ -147,6 +147,32 @@ def test_direction_loss_by_hand():
     assert torch.isfinite(sat) and torch.isfinite(z.grad).all()
 
 
+def test_direction_loss_on_the_masked_pixels_equals_the_whole_grid_masked():
+    """The loss gathers only the pixels that have a direction; the same value and gradient as the BCE computed over
+    the whole (B, K, H, W) grid and masked (the form before 2026-12-07), zero gradient off the mask."""
+    torch.manual_seed(0)
+    k = 37
+    logits = torch.randn(2, k, 12, 20, requires_grad=True)
+    bins = torch.randint(1, k, (2, 2, 12, 20)) * (torch.rand(2, 1, 12, 20) < 0.2)
+    bins[:, 1] *= torch.rand(2, 12, 20) < 0.6  # some pixels with a forward bin only
+    bins = bins.to(torch.uint8)
+    mask = (bins != 0).any(dim=1)
+    target = F.one_hot(bins.long(), k).sum(1).movedim(-1, 1).float()
+    target = target / target.sum(1, keepdim=True)
+    log_p = F.log_softmax(logits, dim=1)
+    log_not_p = torch.log((-torch.expm1(log_p)).clamp_min(1e-12))
+    whole = (-(target * log_p + (1 - target) * log_not_p) * mask[:, None]).sum() / (int(mask.sum()) * k)
+    expected_grad, = torch.autograd.grad(whole, logits)
+    for direction in (bins, target):  # integer bins, and the two-hot
+        loss = DirectionLoss()(logits, direction)
+        grad, = torch.autograd.grad(loss, logits)
+        assert loss.item() == pytest.approx(whole.item(), rel=1e-6)
+        assert torch.allclose(grad, expected_grad, atol=1e-9, rtol=1e-5)
+        assert torch.count_nonzero(grad.abs().sum(1)[~mask]) == 0
+    with pytest.raises(ValueError, match='differ'):
+        DirectionLoss()(logits, bins[:, :, :6])
+
+
 # ------------------------------------------------------------------------------------------------------------- MSRD
 def _msrd_case():
     """One foreground pixel (index 0, a divider) and one background pixel (index 1)."""

@@ -168,24 +168,26 @@ class DirectionLoss(nn.Module):
     def forward(self, logits: Tensor, direction: Tensor) -> Tensor:
         k = logits.shape[1]
         direction = direction.to(logits.device)
-        if direction.shape[1] == k and direction.is_floating_point():
-            target = direction.float()
-            mask = target[:, 0] != 1.0
-        elif direction.shape[1] == 2:
-            target = direction_onehot(direction, k)
-            mask = (direction != 0).any(dim=1)
-        else:
+        two_hot = direction.shape[1] == k and direction.is_floating_point()
+        if not two_hot and direction.shape[1] != 2:
             raise ValueError(f'direction target must be (B, 2, H, W) bins or (B, {k}, H, W), got '
                              f'{tuple(direction.shape)}')
-        if target.shape != logits.shape:
-            raise ValueError(f'direction logits {tuple(logits.shape)} and target {tuple(target.shape)} differ')
+        if direction.shape[0] != logits.shape[0] or direction.shape[2:] != logits.shape[2:]:
+            raise ValueError(f'direction logits {tuple(logits.shape)} and target {tuple(direction.shape)} differ')
+        mask = direction[:, 0] != 1.0 if two_hot else (direction != 0).any(dim=1)
         num = int(mask.sum())
         if num == 0:
             return _zero(logits.float())
-        log_p = F.log_softmax(logits.float(), dim=1)
+        # only the masked pixels (a few percent of the grid) are gathered, as (num, K): the same sum as masking the
+        # whole (B, K, H, W) BCE, without computing and zeroing it everywhere (a twentieth of the work)
+        b, y, x = mask.nonzero(as_tuple=True)
+        picked = logits[b, :, y, x].float()
+        target = direction[b, :, y, x]
+        target = target.float() if two_hot else direction_onehot(target[:, :, None, None], k)[:, :, 0, 0]
+        log_p = F.log_softmax(picked, dim=1)
         log_not_p = torch.log((-torch.expm1(log_p)).clamp_min(PROB_EPS))
-        bce = -(target * log_p + (1.0 - target) * log_not_p)  # (B, K, H, W)
-        return (bce * mask[:, None].to(bce.dtype)).sum() / (num * k)
+        bce = -(target * log_p + (1.0 - target) * log_not_p)  # (num, K)
+        return bce.sum() / (num * k)
 
 
 def _head(out: Any, name: str) -> Optional[Tensor]:
