@@ -7,10 +7,11 @@
 * **direction loss on the masked pixels**: ``DirectionLoss`` gathers the few pixels that have a direction instead of
   computing the BCE over the whole (B, 37, 100, 200) grid and masking it (the form before 2026-12-07, kept below as
   the reference);
-* **training steps** (``--stages``): each stage's recipe, ``Trainer.train_epoch`` with the depthwise weight gradient
-  ours and PyTorch's in alternating runs of ``--steps`` steps in one process (the same data, caches and machine
-  load for both), on the recipes' data like ``bench_training`` (untrained frozen teacher / coach). The direction
-  loss is ours in both (the old form is not in the package any more).
+* **training steps** (``--stages``): each stage's recipe, ``Trainer.train_epoch`` with both kernels ours and both
+  the old ones (PyTorch's depthwise weight gradient, the whole-grid direction loss below) in alternating runs of
+  ``--steps`` steps in one process (the same data, caches and machine load for both), on the recipes' data like
+  ``bench_training`` (untrained frozen teacher / coach), the data loaded in the training process (``workers: 0``:
+  a worker's start-up in every short run would weigh on both sides alike and hide the ratio).
 
     python -m benchmarks.bench_kernels [--threads 1] [--repeats 15] [--stages student_edge_cpu_baseline,teacher_cpu]
 """
@@ -86,29 +87,36 @@ def direction_row(repeats: int) -> dict:
 
 
 def stage_row(stage: str, steps: int, rounds: int, data, split, threads: int) -> dict:
-    """Seconds per sample of ``stage``'s training with the depthwise weight gradient ours / PyTorch's, alternating."""
+    """Seconds per sample of ``stage``'s training with the kernels ours / the old ones, alternating."""
     from benchmarks.bench_training import recipe, workspace
+    from mapkd_core.distill.losses import DirectionLoss
     from mapkd_core.models.efficientnet_lite import SameConv2d
     from mapkd_core.train.trainer import Trainer
+    ours_direction = DirectionLoss.forward
     with workspace(data, split, threads, 'mapkd-kernels-') as (work, frozen, root, data, split):
-        cfg = recipe(stage, data, split, frozen, 2, steps, root)
+        cfg = recipe(stage, data, split, frozen, 2, steps, root, workers=0)
         trainer = Trainer(cfg, work / stage, progress=False, resume=False)
         convs = [m for m in trainer.stage.module.modules() if isinstance(m, SameConv2d) and m.fast_weight_grad]
         trainer.train_epoch(0)  # warm-up: fills the caches
-        runs = {'ours': [], 'torch': []}
+        runs = {'ours': [], 'old': []}
         for r in range(rounds):
-            for name in (('ours', 'torch') if r % 2 == 0 else ('torch', 'ours')):
+            for name in (('ours', 'old') if r % 2 == 0 else ('old', 'ours')):
                 for m in convs:
                     m.fast_weight_grad = name == 'ours'
-                t0 = time.perf_counter()
-                trainer.train_epoch(r + 1)
-                runs[name].append((time.perf_counter() - t0) / (steps * 2))
+                DirectionLoss.forward = (ours_direction if name == 'ours' else
+                                         lambda self, logits, direction: direction_loss_whole_grid(logits, direction))
+                try:
+                    t0 = time.perf_counter()
+                    trainer.train_epoch(r + 1)
+                    runs[name].append((time.perf_counter() - t0) / (steps * 2))
+                finally:
+                    DirectionLoss.forward = ours_direction
     row = {'stage': stage, 'data': data, 'split': split, 'threads': threads, 'steps_per_run': steps,
            'trained_depthwise_5x5': len(convs),
            **{f'{k}_s_per_sample': statistics.median(v) for k, v in runs.items()},
            'runs': runs}
-    row['speedup'] = row['torch_s_per_sample'] / row['ours_s_per_sample']
-    print(f'{stage}: PyTorch {row["torch_s_per_sample"]:.3f} s/sample, ours {row["ours_s_per_sample"]:.3f} '
+    row['speedup'] = row['old_s_per_sample'] / row['ours_s_per_sample']
+    print(f'{stage}: old kernels {row["old_s_per_sample"]:.3f} s/sample, ours {row["ours_s_per_sample"]:.3f} '
           f'(x{row["speedup"]:.2f}; {len(convs)} trained 5 x 5 depthwise convolutions)', flush=True)
     return row
 
