@@ -21,13 +21,3 @@ def test_bench_kernels_times_ours_and_pytorchs_depthwise_and_direction_loss(tmp_
     assert 0 < doc['direction_loss']['masked_fraction'] < 0.2
     assert doc['stages'] == [] and doc['machine']
 
-
-def test_the_whole_grid_reference_is_the_direction_loss():
-    import torch
-    from mapkd_core.distill.losses import DirectionLoss
-    gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(2, 37, 10, 12, generator=gen)
-    bins = (torch.randint(1, 37, (2, 2, 10, 12), generator=gen) * (torch.rand(2, 1, 10, 12, generator=gen) < 0.3))
-    bins = bins.to(torch.uint8)
-    assert DirectionLoss()(logits, bins).item() == pytest.approx(
-        bench_kernels.direction_loss_whole_grid(logits, bins).item(), rel=1e-6)

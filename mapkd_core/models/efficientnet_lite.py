@@ -74,7 +74,7 @@ class DepthwiseConv2dFn(torch.autograd.Function):
     than this for Lite0's 5 x 5 kernels (e.g. 36 against 10 ms for (12, 1152, 4, 11), one thread, AMD EPYC), and it
     was the largest single cost of a CPU student's step (``torch.profiler``, docs/training.md round 16); no library
     kernel here does better (channels-last oneDNN: 1.5-2.6x slower than this). Results equal PyTorch's to float
-    rounding (``test/test_efficientnet_lite.py``). Not for export or double backward: :meth:`SameConv2d.forward`
+    rounding (``test/test_encoder_lite.py``). Not for export or double backward: :meth:`SameConv2d.forward`
     uses it only while training on the CPU."""
 
     @staticmethod
