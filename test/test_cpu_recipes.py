@@ -309,3 +309,94 @@ def test_the_coach_caches_its_two_encoders_shared_prefix_with_the_same_first_bat
     t2 = Trainer(load_train_config(write(tmp_path, 'fewer', fewer)), tmp_path / 'd', progress=False)
     assert t2.prefix_caches['sim_lidar.encoder'].blocks == 4 and t2.prefix_caches['camera.encoder'].blocks == 5
     assert t2.prefix_caches['sim_lidar.encoder'].dir != t2.prefix_caches['camera.encoder'].dir
+
+
+def test_the_frozen_models_read_their_encoder_prefix_from_the_folder_the_student_shares(tmp_path, small_data,
+                                                                                      cpu_frozen, monkeypatch):
+    """The MapKD student's frozen teacher and coach have ImageNet's Lite0 stem and blocks 0-4 like the student's
+    frozen prefix: one folder serves the three (the prefix key is the images and the prefix weights, not the data
+    settings that differ between stages: the baseline student, which loads no LiDAR, shares it). Their filled
+    outputs equal uncached forwards, and the fill reads the entries: zeroed, they change the outputs."""
+    from mapkd_core.data.dataset import collate
+    from mapkd_core.train.cache import data_key
+    monkeypatch.setenv('MAPKD_CACHE', str(tmp_path / 'cache'))
+    cfg = recipe('student_edge_cpu', small_data, cpu_frozen, train_limit=2, batch_size=2, cache=True)
+    trainer = Trainer(load_train_config(write(tmp_path, 'mapkd', cfg)), tmp_path / 'run', progress=False)
+    folder = trainer.prefix_caches['encoder'].dir
+    assert {role: {name: (c.blocks, c.dir) for name, c in caches.items()}
+            for role, caches in trainer.frozen_prefix_caches.items()} == {
+        'teacher': {'camera.encoder': (5, folder)},
+        'coach': {'camera.encoder': (5, folder), 'sim_lidar.encoder': (5, folder)}}
+    baseline = Trainer(load_train_config(write(tmp_path, 'base', recipe(
+        'student_edge_cpu_baseline', small_data, cpu_frozen, train_limit=2, batch_size=2, cache=True))),
+        tmp_path / 'b', progress=False)
+    assert baseline.prefix_caches['encoder'].dir == folder
+    assert data_key(baseline.train_set) != data_key(trainer.train_set)  # (the data caches stay apart)
+    assert trainer.fill_frozen_caches() == 4  # 2 samples, 2 roles
+    assert len(list(folder.glob('*.pt'))) == 2  # one prefix per sample for the three encoders
+    batch = next(iter(torch.utils.data.DataLoader(trainer.train_set, batch_size=2, collate_fn=collate)))
+
+    def outputs(role):
+        return trainer.frozen_caches[role].get(batch['token'], 'cpu')
+    with torch.no_grad():
+        for role in ('teacher', 'coach'):
+            direct = getattr(trainer.stage, role).forward_batch(batch)
+            assert torch.allclose(outputs(role).semantic, direct.semantic, rtol=1e-4, atol=1e-5), role
+            assert torch.allclose(outputs(role).bev, direct.bev, rtol=1e-4, atol=1e-5), role
+        filled = {role: outputs(role).bev.clone() for role in ('teacher', 'coach')}
+    for role in ('teacher', 'coach'):
+        for path in trainer.frozen_caches[role].dir.glob('*.pt'):
+            path.unlink()
+    for path in folder.glob('*.pt'):
+        torch.save(torch.zeros_like(torch.load(path, weights_only=True)), path)
+    assert trainer.fill_frozen_caches() == 4
+    for role in ('teacher', 'coach'):
+        assert not torch.allclose(outputs(role).bev, filled[role], rtol=1e-3, atol=1e-4), role  # (BEV: the
+        # untrained heads' logits hardly depend on their input)
+
+
+def test_evaluation_reads_the_encoder_prefix_from_the_cache_with_the_same_scores(tmp_path, small_data, monkeypatch):
+    """``evaluate(prefix_cache=True)`` (the ablation's evaluate_run, ``mapkd-eval --cache-prefix``) scores exactly
+    what the plain evaluation scores; a second model with the same prefix weights and other later layers computes no
+    prefix, it reads the first one's entries; the trainer's validation of a freeze_eval recipe reads them too, with
+    the mIoU of an uncached validation."""
+    from mapkd_core.config import load_config
+    from mapkd_core.eval.evaluate import evaluate
+    from mapkd_core.models.efficientnet_lite import EfficientNetLite
+    monkeypatch.setenv('MAPKD_CACHE', str(tmp_path / 'cache'))
+    data_cfg = load_config(small_data)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        first, second = build_model('student_edge_cpu'), build_model('student_edge_cpu')  # ImageNet encoders
+    assert all(torch.equal(v, second.encoder.prefix_state(5)[k]) for k, v in first.encoder.prefix_state(5).items())
+    assert not all(torch.equal(v, second.state_dict()[k]) for k, v in first.state_dict().items())
+    plain = evaluate(first, data_cfg, 'mini_val', progress=False)
+    cached = evaluate(first, data_cfg, 'mini_val', progress=False, prefix_cache=True)
+    assert cached['timing']['prefix_cache'] and not plain['timing']['prefix_cache']
+    for key in ('iou', 'miou', 'intersection', 'union', 'ap', 'map'):
+        assert cached[key] == plain[key], key
+    folders = list((tmp_path / 'cache' / 'train-prefix').iterdir())
+    assert len(folders) == 1 and len(list(folders[0].glob('*.pt'))) == plain['samples'] == 6
+    calls = []
+    original = EfficientNetLite.prefix
+    monkeypatch.setattr(EfficientNetLite, 'prefix', lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    again = evaluate(second, data_cfg, 'mini_val', progress=False, prefix_cache=True)
+    assert calls == [] and again['samples'] == 6 and again['timing']['prefix_cache']
+    assert again['iou'] == evaluate(second, data_cfg, 'mini_val', progress=False)['iou']
+    # the trainer's validation (freeze_eval: the same frozen ImageNet prefix) reads the same folder
+    val = {'val_split': 'mini_val', 'val_limit': 0, 'cache': True}
+    name = 'student_edge_cpu_baseline'
+    trainer = Trainer(load_train_config(write(tmp_path, 'val', recipe(name, small_data, {}, **val))),
+                      tmp_path / 'v', progress=False)
+    assert trainer.prefix_caches['encoder'].dir == folders[0]
+    calls.clear()
+    read = trainer.validate()
+    assert calls == []
+    uncached = Trainer(load_train_config(write(tmp_path, 'val0', recipe(name, small_data, {}, **{**val, 'cache': False}))),
+                       tmp_path / 'v0', progress=False)
+    assert uncached.prefix_caches == {}
+    assert uncached.validate() == read
+    for path in folders[0].glob('*.pt'):  # (the counter counts: without the entries, the validation computes them)
+        path.unlink()
+    assert trainer.validate() == read and len(calls) == 6

@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     p.add_argument('--thresholds', default='0.5,1.0,1.5', help='Chamfer thresholds in metres')
     p.add_argument('--bidirectional', action='store_true', help="HDMapNet's variant: bidirectional CD, no IoU gate")
     p.add_argument('--by-scene', action='store_true', help='also print IoU / mIoU / mAP per scene (always in the JSON)')
+    p.add_argument('--cache-prefix', action='store_true',
+                   help='read the camera encoders\' prefix (stem and first blocks) from the training cache, storing '
+                        'the frames not there yet: for several models with the same frozen prefix on the same frames')
     p.add_argument('--quiet', action='store_true')
     add_debug_flag(p)
     args = p.parse_args(argv)
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
     report = evaluate(model, data_cfg, args.split, device=args.device, batch_size=args.batch_size,
                       workers=args.workers, limit=args.limit or None, ap_cfg=ap_cfg, pictures=args.pictures,
                       picture_tokens=[t for t in args.samples.split(',') if t], out_dir=out / 'pictures',
-                      progress=not args.quiet)
+                      progress=not args.quiet, prefix_cache=args.cache_prefix)
     report['model'] = model.cfg.name
     report['weights'] = str(args.weights)
     report['data_config'] = str(data_path)

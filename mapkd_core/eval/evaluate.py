@@ -5,6 +5,12 @@ set (``vectors=False``: IoU only; the HD-prior stage passes ``model_input`` to f
 and ``mapkd-eval`` agree on the same weights and frames (``test_training.py`` holds them together). The data follows
 the model: the model config's grid and image size override the data config's, and
 LiDAR / SD rasters are loaded only for the models that read them.
+
+``prefix_cache=True`` reads each camera encoder's prefix (the stem and the blocks before the stride-8 endpoint,
+three quarters of the CPU edge student's forward at 128 x 352) from the training caches' ``EncoderPrefixCache``
+instead of computing it, computing and storing the samples not there yet: the same output (the model runs in eval
+mode), and worth it when several models with the same prefix weights read the same frames (the ablation's rows,
+whose frozen prefixes are all ImageNet's Lite0; a fine-tuned prefix gets a folder of its own and gains nothing).
 """
 from __future__ import annotations
 
@@ -46,13 +52,15 @@ def to_device(batch: dict, device) -> dict:
 def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='cpu', batch_size: int = 2,
              workers: int = 0, limit: int | None = None, vectors: bool = True, ap_cfg: APConfig | None = None,
              vec_cfg: VectorizeConfig | None = None, pictures: int = 0, picture_tokens=(), out_dir: Path | None = None,
-             progress: bool = True, dataset: MapDataset | None = None, model_input=None) -> dict:
+             progress: bool = True, dataset: MapDataset | None = None, model_input=None,
+             prefix_cache: bool = False) -> dict:
     """Run ``model`` over the split and return the report dict (see module docstring).
 
     ``limit`` frames are taken evenly spread over the split (``data.dataset.spread``), as the trainer's ``val_limit``.
     ``dataset`` replaces the split's dataset (the trainer passes its own, maybe cached, val set). ``model_input``:
     ``f(batch, batch_index) -> dict | None``, the model's keyword inputs for a batch instead of
-    ``model.forward_batch(batch)`` (None: forward_batch)."""
+    ``model.forward_batch(batch)`` (None: forward_batch). ``prefix_cache``: the encoders' prefixes cached (module
+    docstring)."""
     from tqdm import tqdm
 
     was_training = model.training
@@ -61,6 +69,13 @@ def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='c
     ds = dataset if dataset is not None else MapDataset(cfg, split=split)
     if limit:
         ds.frames = spread(ds.frames, limit)
+    prefixes = None  # batch -> the encoder_prefix argument
+    if prefix_cache:
+        from ..train.cache import cached_prefixes, image_key, prefix_caches
+        caches = prefix_caches(model, {n: e.shared_prefix_blocks for n, e in model.prefix_encoders().items()},
+                               image_key(ds))
+        if caches:
+            prefixes = lambda batch: cached_prefixes(caches, batch)  # noqa: E731
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     # one IoU and one AP meter per scene (a split's pooled score hides a scene the model cannot read); the pooled
     # scores are their merge
@@ -78,7 +93,10 @@ def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='c
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         kwargs = model_input(batch, b) if model_input is not None else None
-        out = model(**kwargs) if kwargs is not None else model.forward_batch(batch)
+        if kwargs is not None:
+            out = model(**kwargs)
+        else:
+            out = model.forward_batch(batch, prefixes(batch) if prefixes else None)
         if str(device) != 'cpu' and torch.cuda.is_available():
             torch.cuda.synchronize()
         t_model += time.perf_counter() - t0
@@ -119,7 +137,7 @@ def evaluate(model, data_cfg: DataConfig, split: str | None = None, *, device='c
     report['timing'] = {'model_ms_per_sample': 1e3 * t_model / max(n, 1),
                         'vectorize_ms_per_sample': 1e3 * t_vec / max(n, 1) if vectors else None,
                         'fps_model_and_vectorize': n / max(t_model + t_vec, 1e-9), 'device': str(device),
-                        'batch_size': batch_size}
+                        'batch_size': batch_size, 'prefix_cache': prefixes is not None}
     report['pictures'] = [str(p) for p in drawn]
     return report
 

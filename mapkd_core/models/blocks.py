@@ -186,6 +186,13 @@ class CamEncoder(nn.Module):
         (stride 8 with ``out_stride: 8``, else 16)."""
         return self.reductions()[-2 if self.out_stride == 8 else -1]
 
+    @property
+    def shared_prefix_blocks(self) -> int:
+        """The blocks before the stride-8 endpoint: the deepest prefix every ``out_stride`` can start from, and what
+        the CPU recipes freeze. Caches of a frozen model's or an evaluated model's prefix use this depth so that their
+        entries are the ones the trained models' frozen prefixes read (``train/cache.py``)."""
+        return self.reductions()[-2]
+
     def _prefix_modules(self, blocks: int) -> dict[str, nn.Module]:
         """The stem and the first ``blocks`` blocks, by their state-dict prefix in this encoder (both trunks use
         efficientnet-pytorch's names)."""

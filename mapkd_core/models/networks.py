@@ -75,13 +75,15 @@ class MapModel(nn.Module):
     def inputs(self) -> tuple[str, ...]:
         return ('images', 'intrinsics', 'cam_to_ego') + self.extra_inputs
 
-    def forward_batch(self, batch: dict) -> MapOutput:
-        """Run on a Dataset batch dict; a missing input is a clear error naming it and how to get it."""
+    def forward_batch(self, batch: dict, encoder_prefix: dict | None = None) -> MapOutput:
+        """Run on a Dataset batch dict; a missing input is a clear error naming it and how to get it.
+        ``encoder_prefix``: precomputed encoder prefixes (see :meth:`prefix_encoders`; ``train.cache.cached_prefixes``)."""
         missing = [k for k in self.inputs if k not in batch]
         if missing:
             raise ConfigError(f'{self.cfg.name} needs {missing} in the batch (enable them in the dataset config: '
                               'load_lidar for lidar/lidar_mask, load_sd_prior for sd_prior)')
-        return self(**{k: batch[k] for k in self.inputs})
+        inputs = {k: batch[k] for k in self.inputs}
+        return self(**inputs, encoder_prefix=encoder_prefix) if encoder_prefix else self(**inputs)
 
     def _check_cameras(self, images: torch.Tensor) -> None:
         n = len(self.cfg.image.cameras)

@@ -9,15 +9,20 @@
   frozen models run in eval mode (no dropout, batch norm with running statistics) on inputs that are a fixed
   function of the sample: the data pipeline has no random augmentation. Whoever adds one must bypass this cache
   for augmented samples (the data cache stays valid if the augmentation is applied after :meth:`MapDataset.raw`).
-* :class:`EncoderPrefixCache` stores the output of the trained model's frozen encoder prefix (the edge student's
-  stem and first blocks) per sample token, under ``freeze_eval`` only: then those layers run in eval mode and their
-  output is, like the frozen models', a fixed function of the sample. It was a quarter of the edge student's step.
+* :class:`EncoderPrefixCache` stores the output of a frozen encoder prefix (the stem and first blocks of a camera
+  encoder, in eval mode: then its output is a fixed function of the sample's images) per sample token: the trained
+  model's under ``freeze_eval`` (it was a quarter of the edge student's step), the frozen teacher's and coach's
+  (most of their forward when their outputs are computed), and every model's in an evaluation
+  (``evaluate(prefix_cache=True)``). Its folder is keyed by the images (:func:`image_key`) and the prefix's weights
+  only, so every stage, split and model that reads the same images through the same prefix weights (all the CPU
+  recipes: ImageNet's Lite0 stem and blocks 0-4, frozen) computes each sample's prefix once.
 
-Both live under the project cache root (:func:`mapkd_core.paths.cache_root`: ``$MAPKD_CACHE``, default
+All live under the project cache root (:func:`mapkd_core.paths.cache_root`: ``$MAPKD_CACHE``, default
 ``~/.cache/mapkd``) in a folder named by a key over everything that determines their content: the data config
 (grid, image size and normalisation, cameras, map ground truth and SD settings, dataset options), the resolved
 dataroot and the size and modification time of its tables, the split's sample tokens, a digest of the data-layer
-code, and for the frozen outputs the SHA-256 of each frozen weights file. A change of any of these gives a new
+code, and for the frozen outputs the SHA-256 of each frozen weights file (the prefixes: the image part of that and
+the prefix's weights). A change of any of these gives a new
 folder; nothing stale is ever reused. Files are written to a temporary name and renamed, so concurrent DataLoader
 workers and interrupted runs never leave half a file.
 """
@@ -62,6 +67,18 @@ def data_key(ds: MapDataset) -> str:
     doc = {'version': CACHE_VERSION, 'config': to_dict(cfg), 'dataroot': str(Path(ds.dataroot).resolve()),
            'tables': _tables_stamp(ds.dataroot, cfg.dataset.version), 'code': _code_digest(),
            'tokens': [f.token for f in ds.frames]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def image_key(ds: MapDataset) -> str:
+    """Key of a dataset's network images, what an encoder prefix reads: the image config (size, cameras,
+    normalisation), the resolved dataroot and the size and modification time of its tables, the data-layer code.
+    Not the split, the frames or the other data settings (LiDAR, map rasters, SD prior): a sample token names the
+    same images in every split and stage over one dataroot, so they all share the prefix entries."""
+    cfg = ds.cfg
+    doc = {'version': CACHE_VERSION, 'image': to_dict(cfg.image), 'dataset_version': cfg.dataset.version,
+           'dataroot': str(Path(ds.dataroot).resolve()), 'tables': _tables_stamp(ds.dataroot, cfg.dataset.version),
+           'code': _code_digest()}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -165,11 +182,12 @@ class FrozenOutputCache:
 
 class EncoderPrefixCache:
     """Per-sample output of a model's frozen encoder prefix (``CamEncoder.prefix``: the stem and the first
-    ``blocks`` blocks, in eval mode under ``freeze_eval``), one (N, C, h, w) tensor per sample token, keyed by the
-    training data and the prefix's parameters and batch-norm statistics."""
+    ``blocks`` blocks, in eval mode), one (N, C, h, w) tensor per sample token, keyed by the images
+    (:func:`image_key`) and the prefix's parameters and batch-norm statistics. The caller runs those layers in eval
+    mode (``freeze_eval``, a frozen model, an evaluation)."""
 
-    def __init__(self, encoder, blocks: int, dataset_key: str, root: str | Path | None = None):
-        h = hashlib.sha256(json.dumps({'version': CACHE_VERSION, 'data': dataset_key, 'blocks': blocks}).encode())
+    def __init__(self, encoder, blocks: int, images_key: str, root: str | Path | None = None):
+        h = hashlib.sha256(json.dumps({'version': CACHE_VERSION, 'images': images_key, 'blocks': blocks}).encode())
         for name, tensor in encoder.prefix_state(blocks).items():
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -201,5 +219,23 @@ class EncoderPrefixCache:
         return out
 
 
+def prefix_caches(model, blocks: dict[str, int], images_key: str,
+                  root: str | Path | None = None) -> dict[str, EncoderPrefixCache]:
+    """A cache for each of ``model``'s camera encoders named in ``blocks`` ({module name: prefix blocks}, e.g.
+    ``Stage.frozen_prefixes()``); encoders with the same prefix weights (the coach's two) get the same folder."""
+    encoders = model.prefix_encoders()
+    return {name: EncoderPrefixCache(encoders[name], n, images_key, root) for name, n in blocks.items() if n}
+
+
+def cached_prefixes(caches: dict[str, EncoderPrefixCache], batch: dict) -> dict:
+    """The ``encoder_prefix`` argument of a model's forward for ``batch`` ({name: (blocks, (B, N, C, h, w))}) from
+    its :func:`prefix_caches`: read, or computed and stored, once per folder for encoders that share one."""
+    shared: dict[Path, torch.Tensor] = {}
+    for cache in caches.values():
+        if cache.dir not in shared:
+            shared[cache.dir] = cache(batch['token'], batch['images'])
+    return {name: (c.blocks, shared[c.dir]) for name, c in caches.items()}
+
+
 __all__ = ['CACHE_VERSION', 'CachedMapDataset', 'CachedOutput', 'EncoderPrefixCache', 'FrozenOutputCache',
-           'data_key', 'file_digest']
+           'cached_prefixes', 'data_key', 'file_digest', 'image_key', 'prefix_caches']

@@ -32,7 +32,7 @@ from ..errors import ConfigError, MapkdError
 from ..constants import CLASS_NAMES
 from ..data.dataset import MapDataset, collate, spread
 from ..models.io import model_config_yaml, save_weights
-from .cache import CachedMapDataset, EncoderPrefixCache, FrozenOutputCache, data_key
+from .cache import CachedMapDataset, FrozenOutputCache, cached_prefixes, data_key, image_key, prefix_caches
 from .config import TrainConfig
 from .stages import Stage
 
@@ -82,11 +82,21 @@ class Trainer:
                 if getattr(self.stage, role) is not None:
                     self.frozen_caches[role] = FrozenOutputCache(
                         role, path, key, heads=cfg.distill.teacher_heads if role == 'teacher' else ())
-        # the trained model's frozen encoder prefixes (freeze_eval only), cached per sample; encoders with the same
-        # frozen prefix (the coach's two) share one folder, and one computation per batch (model_input)
-        encoders = self.stage.model.prefix_encoders()
-        self.prefix_caches = {name: EncoderPrefixCache(encoders[name], blocks, key)
-                              for name, blocks in (self.stage.frozen_prefixes() if cfg.cache else {}).items()}
+        # the frozen encoder prefixes, cached per sample under a key of the images and the prefix weights, shared by
+        # every split, stage and model reading them (train/cache.py): the trained model's (freeze_eval only; for
+        # training and validation), the frozen teacher's and coach's (their outputs on a frozen-output cache miss
+        # and in fill_frozen_caches); encoders with the same frozen prefix (the coach's two) share one folder and
+        # one computation per batch
+        self.prefix_caches, self.frozen_prefix_caches = {}, {}
+        if cfg.cache:
+            images = image_key(self.train_set)
+            self.prefix_caches = prefix_caches(self.stage.model, self.stage.frozen_prefixes(), images)
+            for role in ('teacher', 'coach'):
+                model = getattr(self.stage, role)
+                if model is not None:  # all frozen: the depth the trained models' frozen prefixes cache
+                    self.frozen_prefix_caches[role] = prefix_caches(model, {
+                        n: min(e.frozen_prefix_blocks(), e.shared_prefix_blocks)
+                        for n, e in model.prefix_encoders().items()}, images)
         if cfg.train_limit:
             self.train_set.frames = spread(self.train_set.frames, cfg.train_limit)
         self.val_set = None
@@ -231,12 +241,13 @@ class Trainer:
         cached output of the frozen encoder prefix."""
         if not self.prefix_caches:
             return self.stage.model_input(batch, generator)
-        shared: dict[Path, torch.Tensor] = {}
-        for cache in self.prefix_caches.values():
-            if cache.dir not in shared:
-                shared[cache.dir] = cache(batch['token'], batch['images'])
         return {**{k: batch[k] for k in self.stage.model.inputs},
-                'encoder_prefix': {name: (c.blocks, shared[c.dir]) for name, c in self.prefix_caches.items()}}
+                'encoder_prefix': cached_prefixes(self.prefix_caches, batch)}
+
+    def _frozen_forward(self, role: str, batch: dict):
+        """The frozen ``role``'s output for a batch, its encoder prefix from the cache when there is one."""
+        caches = self.frozen_prefix_caches.get(role)
+        return getattr(self.stage, role).forward_batch(batch, cached_prefixes(caches, batch) if caches else None)
 
     @torch.no_grad()
     def frozen_outputs(self, batch: dict):
@@ -252,7 +263,7 @@ class Trainer:
                 continue
             out = cache.get(batch['token'], self.device)
             if out is None:
-                out = model.forward_batch(batch)
+                out = self._frozen_forward(role, batch)
                 cache.put(batch['token'], out)
             outs.append(out)
         return tuple(outs)
@@ -278,7 +289,7 @@ class Trainer:
                     continue
                 batch = self._to_device(batch)
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                    cache.put(batch['token'], getattr(self.stage, role).forward_batch(batch))
+                    cache.put(batch['token'], self._frozen_forward(role, batch))
                 computed += len(batch['token'])
             if self.step_hook is not None:
                 self.step_hook()
@@ -286,11 +297,12 @@ class Trainer:
 
     def validate(self) -> dict:
         """IoU of the trained model on the validation split, with ``mapkd-eval``'s loop (``eval.evaluate``; the
-        hd_prior stage reconstructs block-masked maps, the same masks every epoch)."""
+        hd_prior stage reconstructs block-masked maps, the same masks every epoch; a cached frozen prefix is read
+        from its cache, which the validation frames share with training under one key)."""
         from ..eval.evaluate import evaluate
 
         def model_input(batch, i):
-            return self.stage.model_input(batch, torch.Generator(device=self.device).manual_seed(12345 + i))
+            return self.model_input(batch, torch.Generator(device=self.device).manual_seed(12345 + i))
         report = evaluate(self.stage.model, self.data_cfg, device=str(self.device), batch_size=self.cfg.batch_size,
                           workers=self.cfg.workers, vectors=False, progress=False, dataset=self.val_set,
                           model_input=model_input)
