@@ -106,6 +106,26 @@ def test_chamfer_and_iou_gate_by_hand():
     assert chamfer_matrix(far, g, 0.5, False)[0, 0] == 0.5
 
 
+@pytest.mark.parametrize('bidirectional', [False, True])
+def test_chamfer_matrix_equals_the_pairwise_queries_bit_for_bit(bidirectional):
+    """Instances of 0 to 300 points (empty ones included) on either side: the batched queries give exactly the
+    pairwise ones (the form before 2026-12-08, ``benchmarks.bench_eval.chamfer_reference``) at every threshold, from
+    one unclipped matrix."""
+    from benchmarks.bench_eval import chamfer_reference
+    from mapkd_core.eval.ap import chamfer_distances
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        def instances(n):
+            return [rng.normal(rng.uniform(-20, 20, 2), rng.uniform(0.2, 5), (int(k), 2))
+                    for k in rng.choice([0, 1, 7, 60, 300], n)]
+        pred, gt = instances(rng.integers(0, 7)), instances(rng.integers(0, 7))
+        distances = chamfer_distances(pred, gt, bidirectional)
+        for t in (0.5, 1.0, 1.5, 100.0):
+            ref = chamfer_reference(pred, gt, t, bidirectional)
+            assert np.array_equal(chamfer_matrix(pred, gt, t, bidirectional), ref), (trial, t)
+            assert np.array_equal(chamfer_matrix(pred, gt, t, bidirectional, distances), ref), (trial, t)
+
+
 def test_match_at_loose_not_strict_threshold():
     """The 3-row shift (CD 0.18 m, IoU 0.25) with thresholds 0.1 / 0.2 / 0.3 m: no match at 0.1, a match at 0.2
     and 0.3; one GT, one prediction -> AP = [0, 1, 1]."""

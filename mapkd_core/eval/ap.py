@@ -68,22 +68,43 @@ def instance_pixels(mask: np.ndarray, n: int, grid: GridConfig) -> list[np.ndarr
     return [pts[order[bounds[i]:bounds[i + 1]]] for i in range(n)]
 
 
-def chamfer_matrix(pred: list[np.ndarray], gt: list[np.ndarray], threshold: float, bidirectional: bool) -> np.ndarray:
-    """(P, G) Chamfer distances, clipped at ``threshold`` (empty instances get the threshold)."""
-    out = np.full((len(pred), len(gt)), float(threshold))
-    gt_trees = [cKDTree(g) if len(g) else None for g in gt]
-    pred_trees = [cKDTree(p) if len(p) else None for p in pred] if bidirectional else []
-    for i, p in enumerate(pred):
-        if not len(p):
+def _directed_chamfer(src: list[np.ndarray], dst: list[np.ndarray]) -> np.ndarray:
+    """(S, D): the mean distance from the points of each ``src`` instance to the nearest point of each ``dst``
+    instance (inf where either is empty). One KD-tree query per ``dst`` instance for all ``src`` points at once (the
+    nearest distance of a point does not depend on the other points queried with it), each instance's mean over its
+    own points, as a query of those points alone would give."""
+    out = np.full((len(src), len(dst)), np.inf)
+    sizes = [len(s) for s in src]
+    if not sum(sizes):
+        return out
+    pts = np.concatenate([np.asarray(s, np.float64).reshape(-1, 2) for s in src])
+    bounds = np.cumsum([0, *sizes])
+    for j, d in enumerate(dst):
+        if not len(d):
             continue
-        for j, g in enumerate(gt):
-            if gt_trees[j] is None:
-                continue
-            d = gt_trees[j].query(p)[0].mean()
-            if bidirectional:
-                d = (d + pred_trees[i].query(g)[0].mean()) / 2
-            out[i, j] = min(d, threshold)
+        dist = cKDTree(d).query(pts)[0]
+        for i, n in enumerate(sizes):
+            if n:
+                out[i, j] = dist[bounds[i]:bounds[i + 1]].copy().mean()
     return out
+
+
+def chamfer_distances(pred: list[np.ndarray], gt: list[np.ndarray], bidirectional: bool) -> np.ndarray:
+    """(P, G) Chamfer distances between predicted and ground-truth instances' points (metres): the mean distance of
+    a prediction's points to the ground truth's, with ``bidirectional`` averaged with the reverse one; inf where an
+    instance is empty. Computed once for all thresholds (:func:`chamfer_matrix` clips it)."""
+    out = _directed_chamfer(pred, gt)
+    if bidirectional:
+        out = (out + _directed_chamfer(gt, pred).T) / 2
+    return out
+
+
+def chamfer_matrix(pred: list[np.ndarray], gt: list[np.ndarray], threshold: float, bidirectional: bool,
+                   distances: np.ndarray | None = None) -> np.ndarray:
+    """(P, G) Chamfer distances, clipped at ``threshold`` (empty instances get the threshold); ``distances``: the
+    unclipped :func:`chamfer_distances` of the same instances, when already computed."""
+    d = chamfer_distances(pred, gt, bidirectional) if distances is None else distances
+    return np.minimum(d, float(threshold))
 
 
 def iou_matrix(pred_mask: np.ndarray, n_pred: int, gt_mask: np.ndarray, n_gt: int) -> np.ndarray:
@@ -144,9 +165,10 @@ def frame_class_ap(pred: Sequence[MapVector], gt: Sequence[MapVector], grid: Gri
     gp = instance_pixels(gm, len(gt), grid)
     iou = iou_matrix(pm, len(pred), gm, len(gt))
     scores = np.array([v.score for v in pred])
+    distances = chamfer_distances(pp, gp, cfg.bidirectional)  # once for every threshold
     out = []
     for t in cfg.thresholds:
-        match = greedy_match(chamfer_matrix(pp, gp, t, cfg.bidirectional), iou, t, cfg.iou_gate)
+        match = greedy_match(chamfer_matrix(pp, gp, t, cfg.bidirectional, distances), iou, t, cfg.iou_gate)
         out.append(average_precision(scores, match >= 0, len(gt), cfg.recalls))
     return np.array(out)
 
