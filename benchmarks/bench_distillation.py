@@ -194,11 +194,12 @@ def evaluate_run(run: dict, val_frames: int, workers: int, mini_frames: int = 0,
                  train_frames: int = TRAIN_FRAMES) -> dict:
     """geo_val and mini_val scores of a run's weights, cached in eval.json beside them (keyed by the weights' digest
     and the evaluation settings), on the call's dataroot (``ablation_dataroot``: the frames the full drives' ``limit``
-    would pick). The encoders' prefixes are read from the prefix cache (``evaluate(prefix_cache=True)``): every row's
-    frozen prefix is ImageNet's, so the first row evaluated computes it for the 381 frames and the others read it."""
-    from mapkd_core.eval.evaluate import evaluate
+    would pick). The frames are read through the training data cache (decoded images, rasters) and the encoders'
+    prefixes from the prefix cache (``evaluate(prefix_cache=True)``): every row's frozen prefix is ImageNet's, so the
+    first row evaluated computes it for the 381 frames and the others read it."""
+    from mapkd_core.eval.evaluate import data_config_for, evaluate
     from mapkd_core.models.io import load_any
-    from mapkd_core.train.cache import file_digest
+    from mapkd_core.train.cache import CachedMapDataset, file_digest
 
     weights = Path(run['weights'])
     key = {'weights': file_digest(weights), 'val_frames': val_frames, 'mini_frames': mini_frames}
@@ -212,8 +213,9 @@ def evaluate_run(run: dict, val_frames: int, workers: int, mini_frames: int = 0,
     scores = {}
     for split, limit in (('geo_val', val_frames or None), ('mini_val', mini_frames or None)):
         t0 = time.perf_counter()
+        dataset = CachedMapDataset(data_config_for(model, data_cfg), split=split)
         rep = evaluate(model, data_cfg, split, batch_size=4, workers=workers, limit=limit, progress=False,
-                       prefix_cache=True)
+                       dataset=dataset, prefix_cache=True)
         scores[split] = {'samples': rep['samples'], 'iou': rep['iou'], 'miou': rep['miou'], 'ap': rep['ap'],
                          'map': rep['map'], 'model_ms_per_sample': rep['timing']['model_ms_per_sample'],
                          'eval_seconds': time.perf_counter() - t0}
