@@ -246,14 +246,15 @@ def finished_run(folder: Path) -> dict | None:
 
 
 def plan(seeds: int, attempts: bool = True) -> list[tuple[str, str, str, dict]]:
-    """(row name, run folder, recipe, overrides) in the order they run: the frozen models first, the rows that fill
-    their output caches (``FILLS``; no recipe, no model), then the students seed by seed (each MapKD seed right
+    """(row name, run folder, recipe, overrides) in the order they run: the frozen models first, each followed by the
+    row that fills its output cache (``FILLS``; no recipe, no model), then the students seed by seed (each MapKD seed right
     after its baseline seed), then the single-loss rows (the ablation proper ends there: ``attempts=False``) and the
     tuning attempts."""
     rows = [('HD prior (MAE)', 'hd_prior', 'config/train/hd_prior_cpu.yaml', {}),
             ('teacher (C+L+SD+HD)', 'teacher', 'config/train/teacher_cpu.yaml', {}),
-            ('coach (C+simL+SD)', 'coach', 'config/train/coach_cpu.yaml', {})]
-    rows += [(f'{role} outputs (cache)', fill, None, {}) for fill, role in FILLS.items()]
+            ('teacher outputs (cache)', 'frozen_teacher', None, {}),
+            ('coach (C+simL+SD)', 'coach', 'config/train/coach_cpu.yaml', {}),
+            ('coach outputs (cache)', 'frozen_coach', None, {})]
     for s in range(seeds):
         rows.append((f'baseline seed {s}', f'student_baseline_s{s}', 'config/train/student_edge_cpu_baseline.yaml',
                      {'seed': s}))
@@ -272,12 +273,16 @@ def plan(seeds: int, attempts: bool = True) -> list[tuple[str, str, str, dict]]:
 
 def needs(folder: str, over: dict) -> set[str]:
     """The rows a row waits for: the run folders whose weights it starts from or distils, and the rows that fill the
-    output caches of the models it distils (``FILLS``)."""
+    output caches of the models it distils (``FILLS``). The coach distils the teacher (``coach_cpu.yaml``) and reads
+    the entries the teacher's fill row writes (the same data and weights): it waits for them instead of computing
+    the teacher's outputs itself while the fill row computes the same ones beside it (since round 17)."""
     from mapkd_core.train.recipes import INIT_ROLE
     if folder in FILLS:
         return {FILLS[folder]}
-    if folder in INIT_ROLE:  # the teacher starts from the HD prior, the coach from the teacher
-        return {INIT_ROLE[folder]}
+    if folder in INIT_ROLE:  # the teacher starts from the HD prior, the coach from the teacher and distils it
+        from mapkd_core.train.recipes import recipe_dict
+        distils = distilled_from(recipe_dict(f'{folder}_cpu').get('distill') or {})
+        return {INIT_ROLE[folder]} | {fill for fill, role in FILLS.items() if role in distils}
     frozen = distilled_from(over.get('distill', {}))
     return (frozen | {fill for fill, role in FILLS.items() if role in frozen}
             | ({over['init_from']} if over.get('init_from') else set()))

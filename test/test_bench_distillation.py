@@ -35,7 +35,7 @@ def _run(monkeypatch, tmp_path, codes=None, jobs=2, cpus=2, only=()):
 def test_needs_follow_the_distillation_weights():
     rows = {folder: over for _, folder, _, over in bd.plan(3)}
     assert bd.needs('teacher', rows['teacher']) == {'hd_prior'}
-    assert bd.needs('coach', rows['coach']) == {'teacher'}
+    assert bd.needs('coach', rows['coach']) == {'teacher', 'frozen_teacher'}  # it distils the teacher
     assert bd.needs('student_baseline_s1', rows['student_baseline_s1']) == set()
     # a distilling row waits for the model and for the row that fills the model's output cache
     assert bd.needs('frozen_teacher', rows['frozen_teacher']) == {'teacher'}
@@ -242,7 +242,7 @@ def test_the_ablation_proper_excludes_the_tuning_attempts_and_decides_completene
     """Without --attempts a call plans the issue's rows only (frozen models, baseline and MapKD seeds, single-loss
     rows); the attempts are extra rows, trained when asked for."""
     proper = [row for row, *_ in bd.plan(3, attempts=False)]
-    assert proper[:5] == ['HD prior (MAE)', 'teacher (C+L+SD+HD)', 'coach (C+simL+SD)', 'teacher outputs (cache)',
+    assert proper[:5] == ['HD prior (MAE)', 'teacher (C+L+SD+HD)', 'teacher outputs (cache)', 'coach (C+simL+SD)',
                           'coach outputs (cache)']
     assert {f'{g} seed {s}' for g in ('baseline', 'MapKD') for s in range(3)} | set(bd.SINGLE) == set(proper[5:])
     everything = [row for row, *_ in bd.plan(3)]
@@ -291,11 +291,12 @@ def test_estimate_replays_the_schedule_with_the_measured_seconds(tmp_path):
     two = bd.estimate(out, seeds=2, jobs=2, cpus=1)
     rows = {r['row']: r for r in two['rows']}
     assert rows['student_baseline_s0']['start_min'] == 0 and rows['student_baseline_s1']['start_min'] == 11
-    assert rows['teacher']['start_min'] == 10 and rows['coach']['start_min'] == 51
-    assert rows['frozen_teacher']['start_min'] == 51 and rows['frozen_coach']['start_min'] == 72
+    # the coach after the teacher's fill row (it distils the teacher and reads the filled outputs)
+    assert rows['teacher']['start_min'] == 10 and rows['frozen_teacher']['start_min'] == 51
+    assert rows['coach']['start_min'] == 52 and rows['frozen_coach']['start_min'] == 73
     assert not rows['student_mapkd_s0']['measured'] and rows['student_mapkd_s0']['minutes'] == 20
-    # after the coach's fill row (73 min) the four students that need it, two at a time
-    assert abs(two['wall_minutes'] - (73 + 40)) < 1e-6
+    # after the coach's fill row (74 min) the four students that need it, two at a time
+    assert abs(two['wall_minutes'] - (74 + 40)) < 1e-6
     (out / 'coach' / 'eval.json').unlink()  # a frozen model never stands in: an error that names it
     with pytest.raises(ValueError, match='coach: not trained and evaluated'):
         bd.estimate(out, seeds=2, jobs=2, cpus=1)
@@ -309,11 +310,13 @@ def test_estimate_gives_a_row_left_alone_every_core(tmp_path):
     two = bd.estimate(out, seeds=2, jobs=2, cpus=2)
     rows = {r['row']: r for r in two['rows']}
     # 0-10: HD prior beside baseline 0; 10-22: the teacher beside baseline 0's last minute, then baseline 1; the rest
-    # of the teacher's 2,460 s alone at 1.6x: 1,740 / 1.6 s; the coach beside the teacher's fill row (1 min), then
-    # alone; the coach's fill row alone; the four students two at a time
+    # of the teacher's 2,460 s alone at 1.6x: 1,740 / 1.6 s; the teacher's fill row alone, then the coach alone; the
+    # coach's fill row alone; the four students two at a time
     teacher_end = 22 + 1740 / 1.6 / 60
-    coach_end = teacher_end + 1 + (1260 - 60) / 1.6 / 60
-    assert rows['coach']['start_min'] == pytest.approx(teacher_end)
+    coach_start = teacher_end + 60 / 1.6 / 60
+    coach_end = coach_start + 1260 / 1.6 / 60
+    assert rows['frozen_teacher']['start_min'] == pytest.approx(teacher_end)
+    assert rows['coach']['start_min'] == pytest.approx(coach_start)
     assert rows['frozen_coach']['start_min'] == pytest.approx(coach_end)
     assert two['wall_minutes'] == pytest.approx(coach_end + 60 / 1.6 / 60 + 40)
     assert bd.speed(2) == pytest.approx(1.6) and bd.threads_for(['a', 'b', 'c'], 4) == {'a': 2, 'b': 1, 'c': 1}
