@@ -61,25 +61,25 @@ def _tables_stamp(dataroot: Path, version: str) -> list:
         if tables.is_dir() else []
 
 
+def _key(ds: MapDataset, **content) -> str:
+    """Digest of ``content`` with what every key shares: the cache version, the resolved dataroot, the size and
+    modification time of its tables, the data-layer code."""
+    doc = {'version': CACHE_VERSION, 'dataroot': str(Path(ds.dataroot).resolve()),
+           'tables': _tables_stamp(ds.dataroot, ds.cfg.dataset.version), 'code': _code_digest(), **content}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
 def data_key(ds: MapDataset) -> str:
     """Key of a dataset's cached samples (see the module docstring)."""
-    cfg = ds.cfg
-    doc = {'version': CACHE_VERSION, 'config': to_dict(cfg), 'dataroot': str(Path(ds.dataroot).resolve()),
-           'tables': _tables_stamp(ds.dataroot, cfg.dataset.version), 'code': _code_digest(),
-           'tokens': [f.token for f in ds.frames]}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return _key(ds, config=to_dict(ds.cfg), tokens=[f.token for f in ds.frames])
 
 
 def image_key(ds: MapDataset) -> str:
     """Key of a dataset's network images, what an encoder prefix reads: the image config (size, cameras,
-    normalisation), the resolved dataroot and the size and modification time of its tables, the data-layer code.
-    Not the split, the frames or the other data settings (LiDAR, map rasters, SD prior): a sample token names the
-    same images in every split and stage over one dataroot, so they all share the prefix entries."""
-    cfg = ds.cfg
-    doc = {'version': CACHE_VERSION, 'image': to_dict(cfg.image), 'dataset_version': cfg.dataset.version,
-           'dataroot': str(Path(ds.dataroot).resolve()), 'tables': _tables_stamp(ds.dataroot, cfg.dataset.version),
-           'code': _code_digest()}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    normalisation) and the dataset version besides what every key holds. Not the split, the frames or the other data
+    settings (LiDAR, map rasters, SD prior): a sample token names the same images in every split and stage over one
+    dataroot, so they all share the prefix entries."""
+    return _key(ds, image=to_dict(ds.cfg.image), dataset_version=ds.cfg.dataset.version)
 
 
 def file_digest(path: str | Path) -> str:

@@ -95,8 +95,7 @@ class Trainer:
                 model = getattr(self.stage, role)
                 if model is not None:  # all frozen: the depth the trained models' frozen prefixes cache
                     self.frozen_prefix_caches[role] = prefix_caches(model, {
-                        n: min(e.frozen_prefix_blocks(), e.shared_prefix_blocks)
-                        for n, e in model.prefix_encoders().items()}, images)
+                        n: e.shared_prefix_blocks for n, e in model.prefix_encoders().items()}, images)
         if cfg.train_limit:
             self.train_set.frames = spread(self.train_set.frames, cfg.train_limit)
         self.val_set = None
